@@ -1,0 +1,38 @@
+# Two entry points, both from a fresh clone:  make demo  |  make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.easytune-installed
+JOBS ?= 2
+
+.PHONY: setup demo test lint cuda-build bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -c constraints.txt -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/easytune quickstart
+
+# Compile-only check of csrc/ (warnings are errors) wherever nvcc is present.
+cuda-build:
+	@if command -v nvcc >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1; then \
+		cmake -S . -B build/csrc -DEASYTUNE_WERROR=ON >/dev/null && cmake --build build/csrc -j $(JOBS); \
+	else echo "nvcc or cmake not found: skipping the csrc/ compile check"; fi
+
+test: setup cuda-build
+	TRITON_INTERPRET=1 OMP_NUM_THREADS=$(JOBS) $(VENV)/bin/pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(VENV)/bin/pytest bench/ -q --benchmark-json=bench/results/latest.json
+
+clean:
+	rm -rf build .pytest_cache

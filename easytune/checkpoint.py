@@ -1,0 +1,84 @@
+"""Checkpoint I/O: atomic writes, loading without executing pickled code, strict state-dict matching."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from easytune.errors import CheckpointError
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash mid-write leaves the previous checkpoint intact. Returns the final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a ``.pt``/``.ckpt`` (``weights_only=True``: no pickled code runs) or ``.safetensors`` file.
+
+    A safetensors file is returned as ``{"state_dict": tensors}``. Raises ``CheckpointError`` naming
+    the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return {"state_dict": load_file(str(path), device=str(map_location))}
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys starting with ``prefix`` with the prefix removed (``'denoiser.'`` -> denoiser weights)."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``module`` or raise ``CheckpointError`` listing every problem.
+
+    The message names ``source`` (a file or key prefix) and lists missing keys, unexpected keys and
+    keys whose shapes differ (with both shapes).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    shape = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or extra or shape:
+        parts = []
+        for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", shape)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+                parts.append(f"{title} ({len(items)}): {shown}")
+        raise CheckpointError(f"{source}: state dict does not match {type(module).__name__}; " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)

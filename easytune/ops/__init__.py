@@ -1,0 +1,15 @@
+"""The public face of the kernels: ``attention``, ``guided_step``, ``reward_head``.
+
+Each op has a pure-PyTorch reference (``*_ref``, the ``math`` backend) and faster backends chosen
+by ``easytune.ops.dispatch``. Importing this package imports neither Triton nor the CUDA library.
+"""
+
+from easytune.ops import dispatch
+from easytune.ops.attention import attention, attention_ref, length_mask
+from easytune.ops.guided_step import guided_step, guided_step_ref, to_x0_eps
+from easytune.ops.reward_head import reward_head, reward_head_ref
+
+__all__ = [
+    "attention", "attention_ref", "dispatch", "guided_step", "guided_step_ref", "length_mask",
+    "reward_head", "reward_head_ref", "to_x0_eps",
+]

@@ -1,0 +1,112 @@
+"""Classifier-free guidance + one DDIM step, fused: the single-step denoise of every fine-tuning method.
+
+Given the conditional and unconditional model outputs, the sample x_t and the cumulative alphas
+of the current and previous timestep (per sample), computes
+
+    guided   = uncond + w * (cond - uncond)           (cond alone when uncond is None)
+    x0_hat, eps_hat = convert(guided, x_t)            (prediction type: epsilon | sample | v_prediction)
+    std      = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    x_prev   = sqrt(a_prev) * x0_hat + sqrt(1 - a_prev - std^2) * eps_hat + std * noise
+
+exactly as ``diffusers.DDIMScheduler.step`` (no clipping or thresholding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from easytune.ops import dispatch
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] (or scalar) -> [B, 1, ..., 1] broadcastable against ``like``, in ``like``'s dtype."""
+    alpha = torch.as_tensor(alpha, device=like.device).to(like.dtype)
+    if alpha.dim() == 0:
+        return alpha
+    return alpha.reshape(alpha.shape[0], *([1] * (like.dim() - 1)))
+
+
+def to_x0_eps(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a model output to (x0, eps) for ``prediction_type``; ``alpha_prod_t`` is [B] or scalar."""
+    a = _per_sample(alpha_prod_t, sample)
+    beta = 1 - a
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = (sample - beta**0.5 * eps) / a**0.5
+    elif prediction_type == "sample":
+        x0 = model_output
+        eps = (sample - a**0.5 * x0) / beta**0.5
+    elif prediction_type == "v_prediction":
+        x0 = a**0.5 * sample - beta**0.5 * model_output
+        eps = a**0.5 * model_output + beta**0.5 * sample
+    else:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return x0, eps
+
+
+def guided_step_ref(
+    model_cond: torch.Tensor,
+    model_uncond: torch.Tensor | None,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_t_prev: torch.Tensor,
+    guidance_scale: float = 1.0,
+    prediction_type: str = "epsilon",
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference; returns ``(guided_output, x0_hat, prev_sample)``, each shaped like ``sample``."""
+    guided = model_cond if model_uncond is None else model_uncond + guidance_scale * (model_cond - model_uncond)
+    x0, eps = to_x0_eps(guided, sample, alpha_prod_t, prediction_type)
+    a = _per_sample(alpha_prod_t, sample)
+    a_prev = _per_sample(alpha_prod_t_prev, sample)
+    variance = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+    std = eta * variance**0.5
+    prev = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
+    if eta > 0:
+        if noise is None:
+            raise ValueError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
+        prev = prev + std * noise
+    return guided, x0, prev
+
+
+def _reasons_math(**_):
+    return []
+
+
+def _guided_step_math(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=1.0,
+                      prediction_type="epsilon", eta=0.0, noise=None):
+    return guided_step_ref(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale,
+                           prediction_type, eta, noise)
+
+
+dispatch.register("guided_step", "math", _guided_step_math, _reasons_math)
+
+
+def guided_step(
+    model_cond: torch.Tensor,
+    model_uncond: torch.Tensor | None,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_t_prev: torch.Tensor,
+    *,
+    guidance_scale: float = 1.0,
+    prediction_type: str = "epsilon",
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Guidance + DDIM step (see module docstring). Tensors shaped like ``sample`` [B, ...];
+    ``alpha_prod_t`` / ``alpha_prod_t_prev`` [B]. Returns ``(guided_output, x0_hat, prev_sample)``,
+    differentiable with respect to the model outputs and ``sample``.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    impl = dispatch.resolve("guided_step", backend, model_cond=model_cond, model_uncond=model_uncond,
+                            sample=sample, eta=eta, noise=noise, prediction_type=prediction_type)
+    return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=guidance_scale,
+                   prediction_type=prediction_type, eta=eta, noise=noise)

@@ -1,0 +1,1 @@
+"""Training loops: pretraining, reward model training + SPL, evaluator training, fine-tuning."""

@@ -1,0 +1,92 @@
+"""Pieces every training loop shares: seeding, EMA, warm-up + cosine LR, the NaN/inf guard, progress."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from easytune.errors import NonFiniteLossError
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def check_finite(value: torch.Tensor, what: str, step: int) -> None:
+    """Raise ``NonFiniteLossError`` naming ``what`` and ``step`` if ``value`` has NaN or inf."""
+    if not torch.isfinite(value.detach()).all():
+        raise NonFiniteLossError(
+            f"{what} is not finite at step {step} (value {value.detach().float().flatten()[:4].tolist()}); "
+            "the update was skipped and training stopped. Lower the learning rate, enable gradient "
+            "clipping or check the inputs."
+        )
+
+
+def warmup_cosine_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    def fn(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point parameters and buffers.
+
+    ``update()`` after each optimizer step; ``module`` holds the averaged copy (eval mode, no grad).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._source = model
+
+    @torch.no_grad()
+    def update(self) -> None:
+        src = self._source.state_dict()
+        for name, avg in self.module.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.lerp_(src[name].to(avg.dtype), 1.0 - self.decay)
+            else:
+                avg.copy_(src[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterator[T]:
+    """A tqdm progress bar when enabled (the iterable is consumed in full either way)."""
+    if not enabled:
+        return iter(iterable)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False))
+
+
+def infinite(loader: Iterable[T]) -> Iterator[T]:
+    """Cycle over a data loader forever (re-iterating it, so shuffling changes per epoch)."""
+    while True:
+        yield from loader

@@ -1,0 +1,38 @@
+"""Test configuration: Triton runs under its CPU interpreter unless a GPU is present; the ``gpu``
+marker skips cleanly without CUDA; ``humanml3d_sample`` points at the shared real clip (skips if absent).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Must be set before any @triton.jit module is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "humanml3d_sample"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def humanml3d_sample() -> Path:
+    """The shared real HumanML3D clip folder (``../shared/data/humanml3d_sample``)."""
+    if not SAMPLE_DIR.is_dir():
+        pytest.skip(f"{SAMPLE_DIR} not present")
+    return SAMPLE_DIR

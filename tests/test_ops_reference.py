@@ -1,0 +1,60 @@
+"""The pure-PyTorch references and the sdpa/math backends agree and handle padding."""
+
+import pytest
+import torch
+
+from easytune import ops
+from easytune.errors import BackendUnavailableError
+
+
+def _inputs(B=3, H=2, Tq=7, Tk=9, D=16, dtype=torch.float64):
+    q = torch.randn(B, H, Tq, D, dtype=dtype)
+    k = torch.randn(B, H, Tk, D, dtype=dtype)
+    v = torch.randn(B, H, Tk, D, dtype=dtype)
+    return q, k, v
+
+
+def test_attention_padding_invariance_and_zero_rows():
+    q, k, v = _inputs()
+    kv_len = torch.tensor([9, 4, 0])
+    q_len = torch.tensor([7, 3, 5])
+    out = ops.attention(q, k, v, q_lengths=q_len, kv_lengths=kv_len, backend="math")
+    # sample 1 with its padding cut off gives the same valid rows
+    short = ops.attention_ref(q[1:2, :, :3], k[1:2, :, :4], v[1:2, :, :4])
+    torch.testing.assert_close(out[1:2, :, :3], short)
+    assert torch.all(out[1, :, 3:] == 0)
+    assert torch.all(out[2] == 0) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_matches_math_with_padding(dtype):
+    q, k, v = _inputs(dtype=dtype)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    kv_len = torch.tensor([9, 1, 0])
+    q_len = torch.tensor([2, 7, 7])
+    a = ops.attention(q, k, v, q_lengths=q_len, kv_lengths=kv_len, backend="sdpa")
+    b = ops.attention(q, k, v, q_lengths=q_len, kv_lengths=kv_len, backend="math")
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.square().sum(), (q, k, v))
+    gb = torch.autograd.grad(b.square().sum(), (q, k, v))
+    for x, y in zip(ga, gb):
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y)
+
+
+def test_explicit_backend_raises_with_reason():
+    q, k, v = _inputs()
+    with pytest.raises(BackendUnavailableError, match="dropout"):
+        ops.attention(q, k, v, dropout_p=0.1, backend="math")
+
+
+def test_attention_rejects_bad_lengths():
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match="kv_lengths"):
+        ops.attention(q, k, v, kv_lengths=torch.tensor([10, 1, 1]))
+
+
+def test_reward_head_matches_cosine_similarity():
+    m, t = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    torch.testing.assert_close(ops.reward_head(m, t), torch.nn.functional.cosine_similarity(m, t))
