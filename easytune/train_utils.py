@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: seeding, EMA, warm-up + cosine LR, the NaN/inf guard, progress."""
+"""Pieces the trainer and every training loop share: seeding, EMA, warm-up + cosine LR, the NaN/inf guard, progress."""
 
 from __future__ import annotations
 
