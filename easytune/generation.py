@@ -1,0 +1,237 @@
+"""A loaded text-to-motion model ready to sample or fine-tune: ``load_generator(ckpt)`` -> ``Generator``.
+
+One object hides the MLD / MDM differences from the CLI, the evaluation and the fine-tuning loop:
+
+- MLD: x is the VAE latent [B, latent_size, latent_dim]; ``cond`` the sentence embedding [B, 1, text_dim];
+  the null condition is the empty caption's embedding; ``decode`` runs the VAE decoder.
+- MDM: x is the normalised motion [B, max_frames, nfeats]; ``cond`` is ``{"text": [B, text_dim],
+  "lengths": [B]}``; the null condition zeroes the text embedding; there is no decoder.
+
+Sampled motions are returned de-normalised (``new_joint_vecs`` format) by ``sample``; everything else works
+on normalised features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from easytune.checkpoint import load_checkpoint, save_atomic
+from easytune.errors import CheckpointError, ConfigError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "mld_tiny.pt"
+MAX_FRAMES = 196  # HumanML3D's longest training crop; MDM samples are padded to it
+
+
+def resolve_checkpoint(path: str | os.PathLike, default: Path, what: str) -> Path:
+    """``default`` for the string ``"default"`` (the embedded asset), else ``path``; errors name ``what``."""
+    if str(path) == "default":
+        if not default.is_file():
+            raise CheckpointError(
+                f"{default}: the embedded default {what} is missing; rebuild it with "
+                "scripts/build_assets.sh or pass a checkpoint path"
+            )
+        return default
+    return Path(path)
+
+
+@dataclass
+class Generator:
+    """A text-to-motion model with its text encoder, DDIM scheduler, guidance scale and dataset statistics."""
+
+    kind: str
+    model: torch.nn.Module
+    text: Any
+    scheduler: Any
+    guidance_scale: float
+    mean: torch.Tensor
+    std: torch.Tensor
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def trainable(self) -> torch.nn.Module:
+        """The module fine-tuning updates: MLD's latent denoiser, or the whole MDM."""
+        return self.model.denoiser if self.kind == "mld" else self.model
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        if self.kind == "mld":
+            c = self.model.denoiser.config
+            return (c.latent_size, c.latent_dim)
+        return (MAX_FRAMES, self.model.config.nfeats)
+
+    @property
+    def data_dir(self) -> str | None:
+        """The dataset folder the model was trained on, when its checkpoint records one."""
+        return self.meta.get("data")
+
+    @property
+    def decode(self):
+        """``decode(x0, lengths) -> normalised feats [B, T, nfeats]`` (MLD's VAE decoder); None for MDM."""
+        if self.kind != "mld":
+            return None
+        return lambda z, lengths: self.model.vae.decode(z, lengths)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The model output for ``x_t`` at timesteps ``t`` [B] under ``cond`` (see the module docstring)."""
+        if self.kind == "mld":
+            return self.model.denoiser(x, t, cond)
+        return self.model(x, t, cond["text"], cond["lengths"])
+
+    def conditions(
+        self, captions: list[str], lengths: list[int] | torch.Tensor, device: torch.device | None = None
+    ) -> tuple[Any, Any]:
+        """(cond, null condition) for ``captions``; ``lengths`` are frames per sample."""
+        device = self.device if device is None else device
+        sentence = self.text.encode(captions, device=device).sentence
+        if self.kind == "mld":
+            null = self.text.encode([""], device=device).sentence.expand_as(sentence)
+            return sentence[:, None], null[:, None]
+        lens = torch.as_tensor(lengths, device=device)
+        return {"text": sentence, "lengths": lens}, {"text": torch.zeros_like(sentence), "lengths": lens}
+
+    @torch.no_grad()
+    def sample_normalised(
+        self,
+        captions: list[str],
+        lengths: list[int],
+        *,
+        steps: int = 50,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Normalised features [B, max(lengths), nfeats] (zero past each length), DDIM with CFG."""
+        from easytune.diffusion import ddim_sample
+
+        if len(captions) != len(lengths) or not captions:
+            raise ConfigError(
+                f"sample: need one length per caption, got {len(captions)} captions and "
+                f"{len(lengths)} lengths"
+            )
+        if min(lengths) < 1 or steps < 1:
+            raise ConfigError(f"sample: lengths and steps must be >= 1, got lengths {lengths}, steps {steps}")
+        if self.kind == "mdm" and max(lengths) > MAX_FRAMES:
+            raise ConfigError(f"sample: MDM lengths must be <= {MAX_FRAMES}, got {max(lengths)}")
+        w = self.guidance_scale if guidance_scale is None else guidance_scale
+        device = self.device
+        self.scheduler.set_timesteps(steps)
+        rng = torch.Generator().manual_seed(seed)
+        lens = torch.tensor(lengths, device=device)
+        cond, null = self.conditions(captions, lens, device)
+        shape = (len(captions), *self.latent_shape)
+        if self.kind == "mdm":
+            shape = (len(captions), max(lengths), self.model.config.nfeats)
+        x_T = torch.randn(shape, generator=rng).to(device)
+        x0 = ddim_sample(
+            self.denoise, self.scheduler, x_T, cond, null if w != 1.0 else None, guidance_scale=w
+        )
+        feats = self.decode(x0, lens) if self.kind == "mld" else x0
+        valid = torch.arange(feats.shape[1], device=device)[None, :] < lens[:, None]
+        return feats * valid[..., None]
+
+    def sample(self, captions: list[str], lengths: list[int], **kw: Any) -> list[np.ndarray]:
+        """One de-normalised motion per caption, float32 [lengths[i], nfeats] (kw: ``sample_normalised``)."""
+        feats = self.sample_normalised(captions, lengths, **kw).float().cpu() * self.std + self.mean
+        return [feats[i, :n].numpy() for i, n in enumerate(lengths)]
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        trainable_state: dict[str, torch.Tensor],
+        meta: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the whole model, ``trainable_state`` as its fine-tuned part, as an easytune checkpoint."""
+        if self.kind == "mld":
+            state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("denoiser.")}
+            state.update({f"denoiser.{k}": v for k, v in trainable_state.items()})
+        else:
+            state = dict(trainable_state)
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        merged_meta = {**self.meta, **(meta or {}), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        config = {
+            **self.config,
+            **self.model.config_dict,
+            "text_encoder": self.text.spec,
+            "scheduler": dict(self.scheduler.config),
+            "guidance_scale": self.guidance_scale,
+        }
+        return save_atomic({"state_dict": state, "config": config, "meta": merged_meta}, path)
+
+
+def load_generator(
+    ckpt: str | os.PathLike,
+    *,
+    text_encoder: str | None = None,
+    data: str | os.PathLike | None = None,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+) -> Generator:
+    """Load an MLD or MDM checkpoint (``"default"``: the embedded tiny MLD) with everything sampling needs.
+
+    Reference checkpoints carry no text encoder, scheduler or statistics: the preset defaults apply,
+    ``text_encoder`` must name an encoder of the right width and ``data`` must give Mean/Std.
+    """
+    from easytune.data.humanml import load_mean_std
+    from easytune.diffusion import DDIMScheduler
+    from easytune.models import MDM, MLD
+    from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
+    from easytune.text import build_text_encoder
+
+    path = resolve_checkpoint(ckpt, DEFAULT_MODEL, "MLD model")
+    raw = load_checkpoint(path)
+    config = dict(raw.get("config") or {})
+    state = raw.get("state_dict", raw)
+    kind = config.get("kind") or ("mdm" if "input_process.poseEmbedding.weight" in state else "mld")
+    if kind not in ("mld", "mdm"):
+        raise CheckpointError(
+            f"{path}: a {kind!r} checkpoint cannot sample; pass an MLD or MDM model "
+            "(train the denoiser with `easytune pretrain mld --vae ...`)"
+        )
+    model = (MLD if kind == "mld" else MDM).from_checkpoint(path, use_ema=use_ema).to(device).eval()
+    text_dim = model.denoiser.config.text_dim if kind == "mld" else model.config.text_dim
+    spec = text_encoder or config.get("text_encoder")
+    if spec is None:
+        raise ConfigError(
+            f"{path}: the checkpoint does not name its text encoder; pass --text-encoder SPEC "
+            f"(a {text_dim}-d sentence encoder)"
+        )
+    text = build_text_encoder(spec)
+    if text.sentence_dim != text_dim:
+        raise ConfigError(
+            f"text encoder {spec!r} gives {text.sentence_dim}-d sentences but {path} expects "
+            f"{text_dim}-d ones"
+        )
+    meta = dict(raw.get("meta") or {})
+    if data is not None:
+        mean, std = load_mean_std(data)
+        meta["data"] = str(data)
+    elif "mean" in meta and "std" in meta:
+        mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+    else:
+        raise ConfigError(f"{path}: no dataset Mean/Std in the checkpoint; pass --data DIR to de-normalise")
+    scheduler = DDIMScheduler.from_config(
+        config.get("scheduler") or (MLD_SCHEDULER if kind == "mld" else MDM_SCHEDULER)
+    )
+    guidance = float(config.get("guidance_scale", 7.5 if kind == "mld" else 2.5))
+    return Generator(
+        kind=kind,
+        model=model,
+        text=text,
+        scheduler=scheduler,
+        guidance_scale=guidance,
+        mean=torch.as_tensor(mean, dtype=torch.float32),
+        std=torch.as_tensor(std, dtype=torch.float32),
+        config=config,
+        meta=meta,
+    )
