@@ -1,0 +1,352 @@
+"""``Trainer.step(batch)``: sample one DDIM trajectory, let the method decide, back-propagate, update.
+
+The trainer sees only callables, so it is drop-in for any model:
+
+- ``denoise_fn(x_t [B, ...], t int64 [B], cond) -> output [B, ...]`` in the scheduler's prediction type;
+  with guidance it is called once per step on the doubled batch ``cat[x, x], cat[t, t], cat[cond, uncond]``.
+- ``decode_fn(x0 [B, ...], batch) -> sample`` (optional, e.g. the VAE decoder of a latent model).
+- ``reward_fn(sample, batch) -> Tensor [B]``: one differentiable reward per sample; every loss term is
+  ``-lambda_t * reward_weight * reward.mean()`` (a mean over the batch, never a per-sample scalar).
+
+Each step runs ``easytune.ops.guided_step`` (guidance + x0_hat + DDIM step) with per-sample alphas from
+``scheduler.alpha_pair``. What carries gradients, where the loss terms are and when the optimizer steps
+is the method's ``StepPlan`` list (see ``easytune.methods``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from easytune import ops
+from easytune.diffusion import DDIMScheduler, guided_denoise
+from easytune.errors import ConfigError, NonFiniteLossError
+from easytune.methods import Method, StepPlan
+from easytune.train_utils import check_finite
+
+RewardFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
+DecodeFn = Callable[[torch.Tensor, Mapping[str, Any]], Any]
+
+
+def _as_ddim(scheduler: Any, num_inference_steps: int | None) -> DDIMScheduler:
+    """An easytune DDIMScheduler (a diffusers DDIMScheduler is converted through its config)."""
+    if not isinstance(scheduler, DDIMScheduler):
+        if type(scheduler).__name__ != "DDIMScheduler" or not hasattr(scheduler, "config"):
+            raise ConfigError(
+                f"Trainer: scheduler must be an easytune or diffusers DDIMScheduler, got "
+                f"{type(scheduler).__name__} (fine-tuning samples with DDIM; build one with "
+                "easytune.diffusion.DDIMScheduler.from_config(your_scheduler))"
+            )
+        steps = scheduler.num_inference_steps
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+        if steps is not None:
+            scheduler.set_timesteps(steps)
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    if scheduler.num_inference_steps is None:
+        raise ConfigError(
+            "Trainer: the scheduler has no sampling timesteps; call scheduler.set_timesteps(n) "
+            "(MLD: 50) or pass num_inference_steps=n"
+        )
+    return scheduler
+
+
+def _first_tensor(tree: Any) -> torch.Tensor | None:
+    if isinstance(tree, torch.Tensor):
+        return tree
+    items = tree.values() if isinstance(tree, Mapping) else tree if isinstance(tree, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _swap_data(params: list[torch.Tensor], others: list[torch.Tensor]) -> None:
+    """Exchange the storage of ``params`` and ``others`` in place (calling it twice restores both)."""
+    for i, p in enumerate(params):
+        p.data, others[i] = others[i], p.data
+
+
+class Trainer:
+    """Reward fine-tuning of a diffusion model by one of ``easytune.methods``.
+
+    Args:
+        denoise_fn, scheduler, reward_fn: see the module docstring; ``scheduler`` is an easytune or diffusers
+            ``DDIMScheduler`` with ``set_timesteps`` done (or pass ``num_inference_steps``).
+        method: an ``easytune.methods.Method`` (EasyTune, DRaFT, DRaFTLV, ReFL, DRTune, AlignProp).
+        optimizer: over the trainable parameters that ``denoise_fn`` uses.
+        guidance_scale: CFG weight w (used when the batch has ``uncond``).
+        decode_fn: applied to the sample before ``reward_fn`` (None: the reward sees the sample itself).
+        max_grad_norm: clip the global gradient norm before every update (None: no clipping).
+        lr_scheduler: stepped after every optimizer update.
+        latent_shape: per-sample shape of x_T (without the batch dim), used when the batch has no ``x_T``.
+        num_inference_steps: if given, ``scheduler.set_timesteps(num_inference_steps)``.
+        eta: DDIM eta (0 = deterministic; noise comes from the trainer's generator).
+        reward_weight: lambda_reward, multiplies every loss term.
+        seed: seeds the trainer's CPU generator (x_T, DDIM and re-noising noise, the methods' random draws).
+        backend: ``ops.guided_step`` backend (None: ``EASYTUNE_GUIDED_STEP_BACKEND`` / auto).
+        grad_reducer: called with the list of gradients before every update, before clipping (data-parallel
+            runs average them across processes here, as ``DistributedDataParallel`` would).
+    """
+
+    def __init__(
+        self,
+        denoise_fn: Callable[..., torch.Tensor],
+        scheduler: Any,
+        reward_fn: RewardFn,
+        *,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        guidance_scale: float = 1.0,
+        decode_fn: DecodeFn | None = None,
+        max_grad_norm: float | None = 1.0,
+        lr_scheduler: Any = None,
+        latent_shape: tuple[int, ...] | None = None,
+        num_inference_steps: int | None = None,
+        eta: float = 0.0,
+        reward_weight: float = 1.0,
+        seed: int = 0,
+        backend: str | None = None,
+        grad_reducer: Callable[[list[torch.Tensor]], None] | None = None,
+    ) -> None:
+        if not isinstance(method, Method):
+            raise ConfigError(
+                f"Trainer: method must be an easytune.methods.Method (e.g. et.methods.EasyTune(k=10)), "
+                f"got {type(method).__name__}"
+            )
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ConfigError(f"Trainer: max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        if eta < 0:
+            raise ConfigError(f"Trainer: eta must be >= 0, got {eta}")
+        self.denoise_fn = denoise_fn
+        self.scheduler = _as_ddim(scheduler, num_inference_steps)
+        self.reward_fn = reward_fn
+        self.method = method
+        self.optimizer = optimizer
+        self.guidance_scale = float(guidance_scale)
+        self.decode_fn = decode_fn
+        self.max_grad_norm = max_grad_norm
+        self.lr_scheduler = lr_scheduler
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
+        self.eta = float(eta)
+        self.reward_weight = float(reward_weight)
+        self.backend = backend
+        self.grad_reducer = grad_reducer
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_updates = 0
+        self.last_plan: list[StepPlan] = []
+        self._params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if not self._params:
+            raise ConfigError("Trainer: the optimizer has no parameter that requires grad")
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own state for exact resume (the optimizer / LR scheduler save their own)."""
+        return {"generator": self.generator.get_state(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.num_updates = int(state["num_updates"])
+
+    # ------------------------------------------------------------------------------------------- step
+    def step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One sampled trajectory and all of its parameter updates.
+
+        ``batch``: ``cond`` (required), ``uncond`` (None / absent: no guidance), ``x_T`` (optional initial
+        noise [B, ...]), anything else for ``reward_fn`` / ``decode_fn``. Returns floats: ``reward`` (mean
+        over the loss terms), ``reward_last`` (the last loss term's), ``loss`` (mean loss term), ``updates``,
+        ``steps`` (denoising steps run), ``grad_norm`` (mean, before clipping), ``lr``, ``seconds``,
+        ``seconds_per_update`` and, on CUDA, ``peak_memory_gb``.
+        """
+        if not isinstance(batch, Mapping) or "cond" not in batch:
+            raise ConfigError("Trainer.step: batch must be a dict with at least 'cond'")
+        with torch.enable_grad():
+            return self._run(batch)
+
+    def _run(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        cond, uncond = batch["cond"], batch.get("uncond")
+        x = self._initial_sample(batch, cond)
+        cuda = x.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(x.device)
+        start = time.perf_counter()
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+        # (alpha_prod_t, alpha_prod_t_prev) of every step, moved once: no host sync inside the loop
+        alphas_t, alphas_prev = (a.to(x.device) for a in self.scheduler.alpha_pair(torch.tensor(timesteps)))
+        plans = self.method.plan(timesteps, self.generator)
+        self._check_plan(plans, len(timesteps))
+        self.last_plan = plans
+        self.optimizer.zero_grad(set_to_none=True)
+        policy = [p.detach().clone() for p in self._params] if self.method.frozen_sampler else None
+        rewards, losses, norms = [], [], []
+        chain_end = None
+        for plan in plans:
+            if plan.renoise:
+                chain_end = x.detach() if chain_end is None else chain_end
+                noise = self._randn(chain_end.shape, chain_end)
+                x = self.scheduler.add_noise(chain_end, noise, timesteps[plan.index])
+            alpha_pair = (alphas_t[plan.index], alphas_prev[plan.index])
+            x0_hat, x_prev = self._denoise(x, timesteps[plan.index], alpha_pair, cond, uncond, plan)
+            if plan.reward_on is not None:
+                reward = self._reward(x0_hat if plan.reward_on == "x0_hat" else x_prev, batch, x.shape[0])
+                loss = -(plan.weight * self.reward_weight) * reward.mean()
+                self._guard(loss, "reward loss")
+                if not loss.requires_grad:
+                    raise ConfigError(
+                        "Trainer: the loss does not depend on the trainable weights: reward_fn and "
+                        "decode_fn must be differentiable (no .detach() / no_grad inside)"
+                    )
+                loss.backward()
+                rewards.append(float(reward.detach().mean()))
+                losses.append(float(loss.detach()))
+                if plan.update:
+                    norms.append(self._update(policy))
+                x_prev = x_prev.detach()
+            x = x_prev
+        if policy is not None:
+            _swap_data(self._params, policy)  # theta <- theta' (the policy copy that received the updates)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        seconds = time.perf_counter() - start
+        updates = len(norms)
+        stats = {
+            "reward": sum(rewards) / len(rewards),
+            "reward_last": rewards[-1],
+            "loss": sum(losses) / len(losses),
+            "updates": float(updates),
+            "steps": float(len(plans)),
+            "grad_norm": sum(norms) / updates,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "seconds": seconds,
+            "seconds_per_update": seconds / updates,
+        }
+        if cuda:
+            stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(x.device) / 2**30
+        return stats
+
+    # ---------------------------------------------------------------------------------------- pieces
+    def _check_plan(self, plans: list[StepPlan], n_steps: int) -> None:
+        n_chain = sum(not p.renoise for p in plans)
+        name = type(self.method).__name__
+        head = plans[:n_chain]
+        if any(p.renoise for p in head) or [p.index for p in head] != list(range(n_chain)):
+            raise ConfigError(f"{name}.plan must list steps 0, 1, ... in order, re-noised steps last")
+        if any(not 0 <= p.index < n_steps for p in plans):
+            raise ConfigError(f"{name}.plan has a step index outside [0, {n_steps})")
+        losses = [p for p in plans if p.reward_on is not None]
+        if not losses or not losses[-1].update:
+            raise ConfigError(f"{name}.plan must end its loss terms with an update")
+
+    def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
+        x_T = batch.get("x_T")
+        if x_T is not None:
+            if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.dim() < 2:
+                raise ConfigError("Trainer: batch['x_T'] must be a floating tensor [B, ...]")
+            if self.latent_shape is not None and tuple(x_T.shape[1:]) != self.latent_shape:
+                raise ConfigError(
+                    f"Trainer: batch['x_T'] has per-sample shape {tuple(x_T.shape[1:])}, "
+                    f"expected latent_shape {self.latent_shape}"
+                )
+            return x_T
+        if self.latent_shape is None:
+            raise ConfigError(
+                "Trainer: the batch has no 'x_T' and the trainer has no latent_shape; pass one of them"
+            )
+        ref = _first_tensor(cond)
+        if ref is None or ref.dim() == 0:
+            raise ConfigError("Trainer: batch['cond'] must contain a tensor with a batch dimension")
+        dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+        like = torch.empty((), dtype=dtype, device=ref.device)
+        return self._randn((ref.shape[0], *self.latent_shape), like) * self.scheduler.init_noise_sigma
+
+    def _randn(self, shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, dtype=like.dtype).to(like.device)
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        t: int,
+        alpha_pair: tuple[torch.Tensor, torch.Tensor],
+        cond: Any,
+        uncond: Any,
+        plan: StepPlan,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One guided DDIM step from ``x`` at timestep ``t`` -> (x0_hat, x_prev), graphs as ``plan`` says.
+        ``alpha_pair``: 0-d (alpha_prod_t, alpha_prod_t_prev) of this step, on ``x``'s device."""
+        batch = x.shape[0]
+        t_batch = torch.full((batch,), t, dtype=torch.int64, device=x.device)
+        alpha_t, alpha_prev = (a.expand(batch).contiguous() for a in alpha_pair)  # ops contract: [B]
+        model_input = x.detach() if plan.detach_input else x
+        with torch.set_grad_enabled(plan.grad):
+            if plan.grad and plan.checkpoint:
+                out_cond, out_uncond = checkpoint(
+                    guided_denoise, self.denoise_fn, model_input, t_batch, cond, uncond, use_reentrant=False
+                )
+            else:
+                out_cond, out_uncond = guided_denoise(self.denoise_fn, model_input, t_batch, cond, uncond)
+        noise = self._randn(x.shape, x) if self.eta > 0 else None
+        _, x0_hat, x_prev = ops.guided_step(
+            out_cond,
+            out_uncond,
+            x,
+            alpha_t,
+            alpha_prev,
+            guidance_scale=self.guidance_scale,
+            prediction_type=self.scheduler.config.prediction_type,
+            eta=self.eta,
+            noise=noise,
+            backend=self.backend,
+        )
+        return x0_hat, x_prev
+
+    def _reward(self, target: torch.Tensor, batch: Mapping[str, Any], batch_size: int) -> torch.Tensor:
+        sample = self.decode_fn(target, batch) if self.decode_fn is not None else target
+        reward = self.reward_fn(sample, batch)
+        if not isinstance(reward, torch.Tensor) or tuple(reward.shape) != (batch_size,):
+            got = tuple(reward.shape) if isinstance(reward, torch.Tensor) else type(reward).__name__
+            raise ConfigError(
+                f"reward_fn must return one reward per sample, a tensor of shape [{batch_size}], got {got}"
+            )
+        return reward
+
+    def _guard(self, value: torch.Tensor, what: str) -> None:
+        """``check_finite``, dropping the accumulated gradients before the error propagates."""
+        try:
+            check_finite(value, what, self.num_updates)
+        except NonFiniteLossError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+
+    def _update(self, policy: list[torch.Tensor] | None) -> float:
+        """Guard, clip, optimizer + LR-scheduler step, zero_grad; returns the gradient norm before clipping.
+        With ``policy`` (chain variant) the step goes to the policy copy, not to the sampling weights."""
+        params = [p for p in self._params if p.grad is not None]
+        if not params:
+            raise ConfigError(
+                "Trainer: no optimizer parameter received a gradient; the optimizer must hold the "
+                "weights that denoise_fn uses"
+            )
+        if self.grad_reducer is not None:
+            self.grad_reducer([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self._guard(norm, "gradient norm")
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+        if policy is None:
+            self.optimizer.step()
+        else:
+            _swap_data(self._params, policy)
+            try:
+                self.optimizer.step()
+            finally:
+                _swap_data(self._params, policy)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        return float(norm)
