@@ -183,7 +183,7 @@ def format_caption(caption: str, tokens: Sequence[str] = (), start: float = 0.0,
     clean = " ".join(caption.replace("#", " ").split())
     if not clean:
         raise DataError(f"caption {caption!r}: empty after cleaning")
-    return f"{clean}#{' '.join(tokens)}#{start:g}#{end:g}"
+    return f"{clean}#{' '.join(tokens)}#{float(start)!r}#{float(end)!r}"
 
 
 def write_clip(
