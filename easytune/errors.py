@@ -25,3 +25,7 @@ class NonFiniteLossError(EasytuneError, FloatingPointError):
 
 class BackendUnavailableError(EasytuneError, RuntimeError):
     """An explicitly requested kernel backend cannot run these inputs; the message lists why."""
+
+
+class CudaOpError(EasytuneError, RuntimeError):
+    """A call into libeasytune_cuda.so failed; the message names the entry point and the cause."""
