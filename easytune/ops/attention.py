@@ -14,7 +14,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from easytune.ops import dispatch
+from easytune.errors import ConfigError
+from easytune.ops import _triton, dispatch
+
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def length_mask(lengths: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor | None:
@@ -74,6 +77,12 @@ def _attention_math(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropou
     return attention_ref(q, k, v, q_lengths, kv_lengths, scale)
 
 
+def _attention_triton(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropout_p=0.0):
+    from easytune_kernels.attention import attention as triton_attention
+
+    return triton_attention(q, k, v, q_lengths, kv_lengths, scale, dropout_p)
+
+
 def _reasons_sdpa(q, k, v, dropout_p=0.0, **_):
     return []
 
@@ -82,24 +91,47 @@ def _reasons_math(q, k, v, dropout_p=0.0, **_):
     return [f"dropout_p={dropout_p} is not supported by the math backend"] if dropout_p else []
 
 
+def _reasons_triton(q, k, v, **_):
+    reasons = []
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        reasons.append(f"head dim {q.shape[-1]} is not supported (supported: {TRITON_HEAD_DIMS})")
+    return reasons + _triton.reasons("attention", {"q": q, "k": k, "v": v})
+
+
+def _auto_reasons_triton(q, **_):
+    reasons = _triton.auto_reasons()
+    if q.dtype == torch.float32 and q.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32:
+        reasons.append("float32 without TF32: the kernel's IEEE fp32 dot spills registers (docs/kernels.md), "
+                       "auto prefers the next backend")
+    return reasons
+
+
+dispatch.register("attention", "triton", _attention_triton, _reasons_triton,
+                  auto_reasons=_auto_reasons_triton)
 dispatch.register("attention", "sdpa", _attention_sdpa, _reasons_sdpa)
 dispatch.register("attention", "math", _attention_math, _reasons_math)
 
 
-def _check_inputs(q, k, v, q_lengths, kv_lengths):
+def _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects q, k, v of shape [B, H, T, D], got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ConfigError(f"attention expects q, k, v of shape [B, H, T, D], got {tuple(q.shape)}, "
+                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ConfigError(f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                          f"v {tuple(v.shape)} (expected q [B, H, Tq, D], k and v [B, H, Tk, D])")
+    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
+        raise ConfigError(f"attention: q, k, v must share dtype and device, got {q.dtype}/{q.device}, "
+                          f"{k.dtype}/{k.device}, {v.dtype}/{v.device}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ConfigError(f"attention: dropout_p must lie in [0, 1), got {dropout_p}")
     for name, lengths, size in (("q_lengths", q_lengths, q.shape[2]), ("kv_lengths", kv_lengths, k.shape[2])):
         if lengths is None:
             continue
-        if lengths.shape != (q.shape[0],) or lengths.dtype.is_floating_point:
-            raise ValueError(f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
-                             f"got {lengths.dtype} {tuple(lengths.shape)}")
+        if lengths.shape != (q.shape[0],) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ConfigError(f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
+                              f"got {lengths.dtype} {tuple(lengths.shape)}")
         if not torch.compiler.is_compiling() and ((lengths < 0) | (lengths > size)).any():
-            raise ValueError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
+            raise ConfigError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
 
 
 def attention(
@@ -115,9 +147,10 @@ def attention(
 ) -> torch.Tensor:
     """Masked attention ``softmax(q k^T * scale) v`` with key/query padding by lengths; [B, H, Tq, D].
 
-    ``scale`` defaults to 1/sqrt(D). ``backend``: see ``easytune.ops.dispatch``.
+    ``scale`` defaults to 1/sqrt(D). ``backend``: ``auto | triton | cuda | sdpa | xformers | flash | math``
+    (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
-    _check_inputs(q, k, v, q_lengths, kv_lengths)
+    _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p)
     impl = dispatch.resolve("attention", backend, q=q, k=k, v=v, q_lengths=q_lengths,
                             kv_lengths=kv_lengths, dropout_p=dropout_p)
     return impl.fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)

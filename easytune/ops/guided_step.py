@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from easytune.ops import dispatch
+from easytune.errors import ConfigError
+from easytune.ops import _triton, dispatch
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -44,7 +45,7 @@ def to_x0_eps(
         x0 = a**0.5 * sample - beta**0.5 * model_output
         eps = a**0.5 * model_output + beta**0.5 * sample
     else:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        raise ConfigError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     return x0, eps
 
 
@@ -59,8 +60,11 @@ def guided_step_ref(
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch reference; returns ``(guided_output, x0_hat, prev_sample)``, each shaped like ``sample``."""
-    guided = model_cond if model_uncond is None else model_uncond + guidance_scale * (model_cond - model_uncond)
+    """Pure-PyTorch reference; returns ``(guided_output, x0_hat, prev_sample)``, each like ``sample``."""
+    if model_uncond is None:
+        guided = model_cond
+    else:
+        guided = model_uncond + guidance_scale * (model_cond - model_uncond)
     x0, eps = to_x0_eps(guided, sample, alpha_prod_t, prediction_type)
     a = _per_sample(alpha_prod_t, sample)
     a_prev = _per_sample(alpha_prod_t_prev, sample)
@@ -69,7 +73,7 @@ def guided_step_ref(
     prev = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
     if eta > 0:
         if noise is None:
-            raise ValueError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
+            raise ConfigError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
         prev = prev + std * noise
     return guided, x0, prev
 
@@ -84,7 +88,52 @@ def _guided_step_math(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod
                            prediction_type, eta, noise)
 
 
+def _guided_step_triton(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=1.0,
+                        prediction_type="epsilon", eta=0.0, noise=None):
+    from easytune_kernels.guided_step import guided_step as triton_guided_step
+
+    return triton_guided_step(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
+                              guidance_scale, prediction_type, eta, noise)
+
+
+def _reasons_triton(model_cond, model_uncond=None, sample=None, eta=0.0, noise=None, alpha_prod_t=None,
+                    alpha_prod_t_prev=None, guidance_scale=1.0, **_):
+    reasons = [f"{name} requires grad (the Triton step treats the alphas as constants)"
+               for name, alpha in (("alpha_prod_t", alpha_prod_t), ("alpha_prod_t_prev", alpha_prod_t_prev))
+               if isinstance(alpha, torch.Tensor) and alpha.requires_grad]
+    for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
+        if isinstance(value, torch.Tensor):
+            reasons.append(f"{name} is a tensor (the Triton step takes a Python number)")
+    tensors = {"model_cond": model_cond, "model_uncond": model_uncond, "sample": sample,
+               "noise": noise if eta > 0 else None}
+    return reasons + _triton.reasons("guided_step", tensors)
+
+
+dispatch.register("guided_step", "triton", _guided_step_triton, _reasons_triton,
+                  auto_reasons=_triton.auto_reasons)
 dispatch.register("guided_step", "math", _guided_step_math, _reasons_math)
+
+
+def _check_inputs(model_cond, model_uncond, sample, alphas, prediction_type, eta, noise):
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"guided_step: prediction_type must be one of {PREDICTION_TYPES}, "
+                          f"got {prediction_type!r}")
+    if sample.dim() == 0:
+        raise ConfigError("guided_step: sample must have a batch dimension [B, ...], got a scalar")
+    if not isinstance(eta, torch.Tensor) and eta < 0:
+        raise ConfigError(f"guided_step: eta must be >= 0, got {eta}")
+    if eta > 0 and noise is None:
+        raise ConfigError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
+    others = {"model_cond": model_cond, "model_uncond": model_uncond, "noise": noise if eta > 0 else None}
+    for name, t in others.items():
+        if t is not None and t.shape != sample.shape:
+            raise ConfigError(f"guided_step: {name} must have the shape of sample {tuple(sample.shape)}, "
+                              f"got {tuple(t.shape)}")
+    for name, alpha in zip(("alpha_prod_t", "alpha_prod_t_prev"), alphas):
+        shape = tuple(torch.as_tensor(alpha).shape)
+        if shape not in ((), (sample.shape[0],)):
+            raise ConfigError(f"guided_step: {name} must be a scalar or have shape [{sample.shape[0]}], "
+                              f"got {shape}")
 
 
 def guided_step(
@@ -101,12 +150,15 @@ def guided_step(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Guidance + DDIM step (see module docstring). Tensors shaped like ``sample`` [B, ...];
-    ``alpha_prod_t`` / ``alpha_prod_t_prev`` [B]. Returns ``(guided_output, x0_hat, prev_sample)``,
-    differentiable with respect to the model outputs and ``sample``.
+    ``alpha_prod_t`` / ``alpha_prod_t_prev`` [B] (or scalars). Returns ``(guided_output, x0_hat,
+    prev_sample)``, differentiable with respect to the model outputs, ``sample`` and ``noise``.
+    ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    alphas = (alpha_prod_t, alpha_prod_t_prev)
+    _check_inputs(model_cond, model_uncond, sample, alphas, prediction_type, eta, noise)
     impl = dispatch.resolve("guided_step", backend, model_cond=model_cond, model_uncond=model_uncond,
-                            sample=sample, eta=eta, noise=noise, prediction_type=prediction_type)
-    return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=guidance_scale,
-                   prediction_type=prediction_type, eta=eta, noise=noise)
+                            sample=sample, eta=eta, noise=noise, prediction_type=prediction_type,
+                            alpha_prod_t=alpha_prod_t, alpha_prod_t_prev=alpha_prod_t_prev,
+                            guidance_scale=guidance_scale)
+    return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
+                   guidance_scale=guidance_scale, prediction_type=prediction_type, eta=eta, noise=noise)

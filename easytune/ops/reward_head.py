@@ -1,14 +1,16 @@
 """Reward head: L2-normalise the motion and text latents and take their cosine, per sample.
 
 ``motion`` and ``text``: [B, D]; returns [B] with ``cos_b = <m_b, t_b> / (max(|m_b|, eps) * max(|t_b|, eps))``
-(the ``torch.nn.functional.normalize`` convention). The mean over the batch is the fine-tuning reward.
+(the ``torch.nn.functional.normalize`` convention). The mean over the batch is the fine-tuning reward
+(taken by the caller: a mean of B numbers gains nothing from fusion).
 """
 
 from __future__ import annotations
 
 import torch
 
-from easytune.ops import dispatch
+from easytune.errors import ConfigError
+from easytune.ops import _triton, dispatch
 
 
 def reward_head_ref(motion: torch.Tensor, text: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -22,13 +24,30 @@ def _reward_head_math(motion, text, eps=1e-8):
     return reward_head_ref(motion, text, eps)
 
 
+def _reward_head_triton(motion, text, eps=1e-8):
+    from easytune_kernels.reward_head import reward_head as triton_reward_head
+
+    return triton_reward_head(motion, text, eps)
+
+
+def _reasons_triton(motion, text, **_):
+    return _triton.reasons("reward_head", {"motion": motion, "text": text})
+
+
+dispatch.register("reward_head", "triton", _reward_head_triton, _reasons_triton,
+                  auto_reasons=_triton.auto_reasons)
 dispatch.register("reward_head", "math", _reward_head_math, lambda **_: [])
 
 
-def reward_head(motion: torch.Tensor, text: torch.Tensor, *, eps: float = 1e-8, backend: str | None = None) -> torch.Tensor:
-    """Cosine similarity of latents, [B, D] x [B, D] -> [B]; differentiable in both inputs."""
+def reward_head(
+    motion: torch.Tensor, text: torch.Tensor, *, eps: float = 1e-8, backend: str | None = None
+) -> torch.Tensor:
+    """Cosine similarity of latents, [B, D] x [B, D] -> [B]; differentiable in both inputs.
+
+    ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
+    """
     if motion.dim() != 2 or motion.shape != text.shape:
-        raise ValueError(f"reward_head expects motion and text latents of equal shape [B, D], got "
-                         f"{tuple(motion.shape)} and {tuple(text.shape)}")
+        raise ConfigError(f"reward_head expects motion and text latents of equal shape [B, D], got "
+                          f"{tuple(motion.shape)} and {tuple(text.shape)}")
     impl = dispatch.resolve("reward_head", backend, motion=motion, text=text)
     return impl.fn(motion, text, eps=eps)

@@ -51,3 +51,16 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_in_sync(module: torch.nn.Module, info: DistInfo) -> None:
+    """Raise if ``module``'s parameters differ between ranks (compared by float64 sum and sum of squares)."""
+    if info.world_size == 1:
+        return
+    params = [p.detach().double() for p in module.parameters()]
+    local = torch.stack([sum(p.sum() for p in params), sum(p.square().sum() for p in params)]).to(info.device)
+    gathered = [torch.zeros_like(local) for _ in range(info.world_size)]
+    dist.all_gather(gathered, local)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        sums = [g.tolist() for g in gathered]
+        raise RuntimeError(f"data-parallel ranks diverged: parameter checksums {sums}")

@@ -29,7 +29,7 @@ from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
 from easytune.train_utils import EMA, progress, seed_everything, warmup_cosine_lambda
 from easytune.trainer import Trainer
-from easytune.training.distributed import DistInfo, all_reduce_mean, init_distributed
+from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
 from easytune.training.lora import apply_lora, merge_lora
 
 log = logging.getLogger("easytune.finetune")
@@ -336,6 +336,7 @@ class Run:
             metrics.close()
             if tb is not None:
                 tb.close()
+        check_in_sync(self.gen.trainable, self.info)
         self.save()
         return self.history
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rebuilds the embedded tiny models in easytune/assets/ from nothing but the project's own commands.
+# `easytune quickstart --from-scratch` replays this script; run it by hand with
+#   OUT=easytune/assets DATA=~/.cache/easytune/synth-600-seed0 bash easytune/assets/build_assets.sh
+# Inputs (environment): OUT (folder for the checkpoints), DATA (dataset folder; generated when missing),
+# EASYTUNE (the command, default `easytune`). Deterministic for a given machine and thread count.
+set -euo pipefail
+: "${OUT:?set OUT to the output folder}"
+: "${DATA:?set DATA to the dataset folder}"
+EASYTUNE=${EASYTUNE:-easytune}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+[ -f "$DATA/Mean.npy" ] || $EASYTUNE data synth --out "$DATA" --clips 600 --seed 0
+$EASYTUNE data check "$DATA" -q
+
+# 1. Motion VAE, then the latent denoiser on its frozen latents (preset `tiny`).
+$EASYTUNE pretrain vae --data "$DATA" --preset tiny --out "$WORK/vae.pt" --seed 0 --no-progress
+$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --ema 0.999 \
+    --out "$WORK/mld_tiny.pt" --seed 0 --no-progress
+# 2. Reward model: stage 1 (retrieval + reconstruction, noise-aware M1T0), then SPL self-refinement.
+$EASYTUNE reward train --data "$DATA" --preset tiny --mode M1T0 --out "$WORK/reward_stage1.pt" --seed 0
+$EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --out "$WORK/reward.pt" --seed 0
+# 3. The independent evaluator (different architecture and training from the reward model).
+$EASYTUNE evaluator train --data "$DATA" --preset tiny --out "$WORK/evaluator.pt" --seed 0
+
+for name in mld_tiny reward evaluator; do cp "$WORK/$name.pt" "$OUT/$name.pt"; done
+echo "wrote $OUT/mld_tiny.pt $OUT/reward.pt $OUT/evaluator.pt"

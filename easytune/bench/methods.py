@@ -1,0 +1,450 @@
+"""Method benchmarks: peak memory, memory over a no-grad sampling pass, time per optimizer update.
+
+One case = one method at one K on a preset (``mld``: paper size, latent [1, 256], 9-layer VAE and
+denoiser, paper-size reward model, guidance 7.5, 50 DDIM steps; ``tiny``: the CPU-sized models), with
+the VAE decoder and the reward model in the loop. The models are freshly initialised from a fixed
+seed (memory and time do not depend on the weights). The text encoder is the built-in hashed one at
+the paper's widths for ``mld`` (768-d sentence for the denoiser, 1024-d tokens for the reward model).
+
+``measure_method_case`` runs in a fresh process per case (``run_methods(isolate=True)``):
+1. no-grad pass: DDIM sampling of the batch + decode + reward, once to warm up, once measured
+   (``nograd_peak_bytes``), before any optimizer exists (inference holds no optimizer state);
+2. ``warmup`` trainer steps (optimizer state is created), then ``repeats`` timed trainer steps inside
+   ``PeakMemory`` (``peak_bytes``) and ``SavedTensorsMeter`` (``saved_bytes``: the most bytes autograd
+   held for backward at once, parameters excluded);
+3. ``additional_bytes = peak_bytes - nograd_peak_bytes``; ``seconds_per_step`` is the median wall
+   time of one trainer step (one trajectory), ``seconds_per_update`` that divided by its optimizer
+   updates (EasyTune-K: K per trajectory; the others: 1), ``samples_per_second = batch / seconds_per_step``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from easytune.errors import ConfigError
+
+METHOD_NAMES = {
+    "easytune": "EasyTune",
+    "draft": "DRaFT",
+    "draftlv": "DRaFTLV",
+    "refl": "ReFL",
+    "drtune": "DRTune",
+    "alignprop": "AlignProp",
+}
+CAPTIONS = (
+    "a person walks forward slowly",
+    "a person jumps up and down twice",
+    "someone turns around to the left",
+    "a man waves his right hand",
+    "a person runs in a circle",
+    "a person sits down on a chair",
+    "a person kicks with the left leg",
+    "someone crouches and then stands up",
+)
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    """A method and its step count: ``k`` is EasyTune's / DRaFT's / DRTune's K, ReFL's M, DRaFT-LV's n;
+    None for AlignProp (its truncation is drawn per trajectory) and for each method's default."""
+
+    method: str
+    k: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.method if self.k is None else f"{self.method}-{self.k}"
+
+    def build(self) -> Any:
+        from easytune import methods
+
+        if self.method == "AlignProp":
+            if self.k is not None:
+                raise ConfigError("AlignProp takes no K (its backprop start is drawn per trajectory)")
+            return methods.AlignProp()
+        cls = getattr(methods, self.method)
+        arg = {"ReFL": "m", "DRaFTLV": "n"}.get(self.method, "k")
+        return cls() if self.k is None else cls(**{arg: self.k})
+
+
+def parse_cases(text: str) -> list[MethodCase]:
+    """``"easytune-10,draft-50,alignprop"`` -> cases; names are case-insensitive (see ``METHOD_NAMES``)."""
+    cases = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, _, k = item.partition("-")
+        if name.lower() not in METHOD_NAMES:
+            raise ConfigError(
+                f"--cases: unknown method {name!r} in {item!r}; expected one of {sorted(METHOD_NAMES)} "
+                "optionally followed by -K (e.g. easytune-10)"
+            )
+        if k and not k.isdigit():
+            raise ConfigError(f"--cases: K must be a positive integer in {item!r}")
+        cases.append(MethodCase(METHOD_NAMES[name.lower()], int(k) if k else None))
+    if not cases:
+        raise ConfigError("--cases: no method given")
+    return cases
+
+
+@dataclass
+class Setup:
+    """Models, callables and one batch for a preset; ``trainer(method)`` builds a fresh Trainer + AdamW."""
+
+    preset: str
+    device: torch.device
+    batch: dict[str, Any]
+    model: torch.nn.Module
+    reward_model: torch.nn.Module
+    scheduler: Any
+    guidance_scale: float
+    latent_shape: tuple[int, int]
+    seed: int
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.model.denoiser(x, t, cond)
+
+    def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model.vae.decode(x0, batch["lengths"])
+
+    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return self.reward_model.reward(feats, batch["lengths"], batch["caption"])
+
+    def frozen_parameters(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self.reward_model.parameters()]
+
+    def trainer(self, method: Any, lr: float = 1e-5) -> Any:
+        from easytune.trainer import Trainer
+
+        params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        return Trainer(
+            self.denoise,
+            self.scheduler,
+            self.reward,
+            method=method,
+            optimizer=optimizer,
+            guidance_scale=self.guidance_scale,
+            decode_fn=self.decode,
+            max_grad_norm=1.0,
+            latent_shape=self.latent_shape,
+            seed=self.seed,
+        )
+
+    def sample_nograd(self) -> torch.Tensor:
+        """Inference on the same batch: guided DDIM sampling, decode, reward; returns the rewards [B]."""
+        from easytune.diffusion import ddim_sample
+
+        b = self.batch
+        g = torch.Generator().manual_seed(self.seed)
+        x_T = torch.randn((b["lengths"].shape[0], *self.latent_shape), generator=g).to(self.device)
+        with torch.no_grad():
+            x0 = ddim_sample(
+                self.denoise, self.scheduler, x_T, b["cond"], b["uncond"], guidance_scale=self.guidance_scale
+            )
+            return self.reward(self.decode(x0, b), b)
+
+
+def motion_lengths(batch: int, seed: int, low: int = 40, high: int = 196) -> torch.Tensor:
+    """Deterministic clip lengths [B] in [low, high] (HumanML3D: 40..196 frames), the first one ``high``."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high + 1, (batch,), generator=g)
+    lengths[0] = high
+    return lengths
+
+
+def build_setup(
+    preset: str,
+    device: str | torch.device,
+    batch: int,
+    steps: int = 50,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    reward_checkpoint: str | None = None,
+) -> Setup:
+    """Models of ``preset`` (``mld`` | ``tiny``) on ``device``, freshly initialised from ``seed`` unless
+    ``checkpoint`` (an MLD checkpoint with a config) / ``reward_checkpoint`` (a reward checkpoint or
+    ``default``) are given, and a batch of ``batch`` captions with lengths from ``motion_lengths``.
+    VAE and reward model are frozen; the denoiser is in eval mode (dropout off: the methods then differ
+    only in their gradients)."""
+    from easytune.checkpoint import load_checkpoint
+    from easytune.diffusion import DDIMScheduler
+    from easytune.models.mld import MLD
+    from easytune.models.presets import build_model, get_preset, model_config
+    from easytune.models.reward import RewardModel, build_reward_model
+    from easytune.text import build_text_encoder
+    from easytune.train_utils import seed_everything
+
+    if preset not in ("mld", "tiny"):
+        raise ConfigError(f"method benchmarks support presets 'mld' and 'tiny', got {preset!r}")
+    if batch < 1 or steps < 1:
+        raise ConfigError(f"batch and steps must be >= 1, got batch={batch}, steps={steps}")
+    device = torch.device(device)
+    seed_everything(seed)
+    spec = get_preset(preset)
+    text_spec = "builtin:token_dim=1024,sentence_dim=768" if preset == "mld" else spec["text_encoder"]
+    if checkpoint is not None:
+        text_spec = load_checkpoint(checkpoint).get("config", {}).get("text_encoder", text_spec)
+    text = build_text_encoder(text_spec)
+    if reward_checkpoint is not None:
+        reward_model = RewardModel.from_checkpoint(reward_checkpoint)
+    elif preset == "mld":
+        reward_model = build_reward_model("paper", text_encoder=build_text_encoder("builtin:token_dim=1024"))
+    else:
+        reward_model = build_reward_model("tiny")
+    model = (
+        MLD.from_checkpoint(checkpoint) if checkpoint else build_model(model_config(spec, text.sentence_dim))
+    )
+    model = model.to(device)
+    model.vae.eval().requires_grad_(False)
+    model.denoiser.eval()
+    reward_model = reward_model.to(device).freeze()
+    scheduler = DDIMScheduler.from_config(spec["scheduler"])
+    scheduler.set_timesteps(steps)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+    cond = text.encode(captions, device=device).sentence[:, None]
+    uncond = text.encode([""] * batch, device=device).sentence[:, None]
+    data = {
+        "cond": cond,
+        "uncond": uncond,
+        "caption": captions,
+        "lengths": motion_lengths(batch, seed).to(device),
+    }
+    vae = spec["vae"]
+    return Setup(
+        preset,
+        device,
+        data,
+        model,
+        reward_model,
+        scheduler,
+        float(spec["guidance_scale"]),
+        (vae["latent_size"], vae["latent_dim"]),
+        seed,
+    )
+
+
+def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    from easytune.bench.memory import tensor_bytes
+
+    return tensor_bytes(
+        t for st in optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)
+    )
+
+
+@dataclass
+class PreparedCase:
+    """A case after its no-grad pass, warm-up and memory step: ``trainer`` is ready for timed steps and
+    ``row`` holds the memory fields."""
+
+    case: MethodCase
+    setup: Setup
+    trainer: Any
+    row: dict[str, Any]
+
+
+def prepare_method_case(
+    preset: str,
+    device: str,
+    batch: int,
+    method: str,
+    k: int | None = None,
+    steps: int = 50,
+    warmup: int = 1,
+    seed: int = 0,
+) -> PreparedCase:
+    """Steps 1-2 of the module docstring: no-grad pass, warm-up, one trainer step under the memory meters."""
+    from easytune.bench.memory import LiveTensorMeter, PeakMemory, SavedTensorsMeter, tensor_bytes
+    from easytune.bench.timing import time_once
+
+    if warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
+    case = MethodCase(method, k)
+    setup = build_setup(preset, device, batch, steps, seed)
+    dev, cuda = setup.device, setup.device.type == "cuda"
+    weights = tensor_bytes(
+        [
+            *setup.model.parameters(),
+            *setup.model.buffers(),
+            *setup.reward_model.parameters(),
+            *setup.reward_model.buffers(),
+        ]
+    )
+    setup.sample_nograd()
+    nograd_seconds, _ = time_once(setup.sample_nograd, dev)
+    with PeakMemory(dev) as nograd_device, LiveTensorMeter() as nograd_live:
+        setup.sample_nograd()
+    trainer = setup.trainer(case.build())
+    for _ in range(warmup):
+        trainer.step(setup.batch)
+    # One step under the memory meters (they slow Python down); timing happens in separate steps. Optimizer
+    # state that exists before it is added; state created inside it (warmup=0) is seen by the live meter.
+    optimizer_bytes = _optimizer_state_bytes(trainer.optimizer)
+    with (
+        PeakMemory(dev) as device_peak,
+        LiveTensorMeter() as live,
+        SavedTensorsMeter(exclude=setup.frozen_parameters()) as saved,
+    ):
+        trainer.step(setup.batch)
+    if cuda:  # the caching allocator's own accounting covers weights, optimizer state and activations
+        peak_bytes, nograd_peak, how = device_peak.peak_bytes, nograd_device.peak_bytes, device_peak.method
+    else:  # tensor-level accounting: weights + optimizer state + the most bytes alive during the pass
+        peak_bytes = weights + optimizer_bytes + live.peak_bytes
+        nograd_peak = weights + nograd_live.peak_bytes
+        how = "weights + optimizer state + peak live tensors (dispatch mode)"
+    row: dict[str, Any] = {
+        "method": case.method,
+        "k": case.k,
+        "label": case.label,
+        "preset": preset,
+        "device": str(dev),
+        "batch": batch,
+        "dtype": "float32",
+        "ddim_steps": steps,
+        "guidance_scale": setup.guidance_scale,
+        "peak_bytes": peak_bytes,
+        "nograd_peak_bytes": nograd_peak,
+        "additional_bytes": peak_bytes - nograd_peak,
+        "saved_bytes": saved.peak_bytes,
+        "saved_total_bytes": saved.total_bytes,
+        "memory_method": how,
+        "weights_bytes": weights,
+        "optimizer_state_bytes": optimizer_bytes,
+        "peak_rss_bytes": None if cuda else device_peak.peak_bytes,
+        "nograd_peak_rss_bytes": None if cuda else nograd_device.peak_bytes,
+        "nograd_seconds": nograd_seconds,
+        "warmup": warmup,
+    }
+    return PreparedCase(case, setup, trainer, row)
+
+
+def timing_fields(
+    prepared: PreparedCase, times: list[float], stats: list[dict[str, float]], grad_steps: list[int]
+) -> dict[str, Any]:
+    """Step 3 of the module docstring from the timed trainer steps."""
+    step_s = statistics.median(times)
+    updates = statistics.median(s["updates"] for s in stats)
+    return {
+        "seconds_per_step": step_s,
+        "step_times_s": times,
+        "updates_per_step": updates,
+        "seconds_per_update": step_s / updates,
+        "samples_per_second": prepared.row["batch"] / step_s,
+        "grad_steps_mean": statistics.fmean(grad_steps),
+        "repeats": len(times),
+        "reward": statistics.fmean(s["reward"] for s in stats),
+    }
+
+
+def measure_method_case(
+    preset: str,
+    device: str,
+    batch: int,
+    method: str,
+    k: int | None = None,
+    steps: int = 50,
+    repeats: int = 2,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure one case (see the module docstring); returns its result row (without the case id)."""
+    from easytune.bench.memory import PeakMemory
+    from easytune.bench.nvml import NvmlSampler
+    from easytune.bench.timing import time_once
+
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    prepared = prepare_method_case(preset, device, batch, method, k, steps, warmup, seed)
+    trainer, data, dev = prepared.trainer, prepared.setup.batch, prepared.setup.device
+    cuda = dev.type == "cuda"
+    times, stats, grad_steps = [], [], []
+    with NvmlSampler(dev.index or 0) if cuda else _Null() as nvml, PeakMemory(dev) as timed_peak:
+        for _ in range(repeats):
+            seconds, s = time_once(lambda: trainer.step(data), dev)
+            times.append(seconds)
+            stats.append(s)
+            grad_steps.append(sum(p.grad for p in trainer.last_plan))
+    row = {**prepared.row, **timing_fields(prepared, times, stats, grad_steps)}
+    if cuda:
+        row.update(nvml.summary())
+        if timed_peak.peak_bytes > row["peak_bytes"]:  # a random plan (ReFL, DRTune, AlignProp) can vary
+            row["peak_bytes"] = timed_peak.peak_bytes
+            row["additional_bytes"] = timed_peak.peak_bytes - row["nograd_peak_bytes"]
+    return row
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run_methods(
+    preset: str,
+    device: str,
+    batch: int | None,
+    cases: list[MethodCase],
+    steps: int = 50,
+    repeats: int = 2,
+    warmup: int = 1,
+    isolate: bool = True,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
+    """One row per case (``kind: method``); a fresh process per case when ``isolate``. A failing case
+    becomes a row with ``status: "failed"`` and the error, and the others still run."""
+    from easytune.bench.isolate import run_isolated
+    from easytune.bench.results import BenchCaseError
+
+    batch = batch or (64 if torch.device(device).type == "cuda" else 4)
+    rows = []
+    for case in cases:
+        spec = {
+            "preset": preset,
+            "device": device,
+            "batch": batch,
+            "method": case.method,
+            "k": case.k,
+            "steps": steps,
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+        }
+        case_id = f"{case.label}/{preset}/b{batch}/{torch.device(device).type}"
+        log(f"[bench methods] {case_id} ...")
+        try:
+            row = (
+                run_isolated("easytune.bench.methods:measure_method_case", spec)
+                if isolate
+                else measure_method_case(**spec)
+            )
+        except (BenchCaseError, ConfigError) as err:
+            log(f"[bench methods] {case_id} failed: {err}")
+            rows.append(
+                {
+                    "kind": "method",
+                    "case": case_id,
+                    "method": case.method,
+                    "k": case.k,
+                    "preset": preset,
+                    "device": device,
+                    "batch": batch,
+                    "status": "failed",
+                    "reason": str(err),
+                }
+            )
+            continue
+        rows.append({"kind": "method", "case": case_id, **row})
+        log(
+            f"[bench methods] {case_id}: peak {row['peak_bytes'] / 2**20:.1f} MiB, additional "
+            f"{row['additional_bytes'] / 2**20:.1f} MiB, saved {row['saved_bytes'] / 2**20:.1f} MiB, "
+            f"{row['seconds_per_update']:.3f} s/update"
+        )
+    return rows

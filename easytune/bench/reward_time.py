@@ -1,0 +1,138 @@
+"""Time to reward: wall-clock training time each method needs to lift the reward to given levels.
+
+Every method starts from the same models (same seed or checkpoints) and trains on the same batch of
+synthetic captions for ``budget_s`` seconds of training time. After every trainer step the clock is
+paused and the reward of the current weights is evaluated: guided DDIM sampling from a fixed noise
+(another seed than training) of the same captions, decoded, scored by the reward model, averaged.
+``time_to_reward_s`` is the training time at the first evaluation at or above the level (None: not
+reached within the budget). Levels default to the start reward plus ``DEFAULT_DELTAS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from easytune.bench.methods import MethodCase, build_setup
+from easytune.errors import ConfigError
+
+DEFAULT_DELTAS = (0.05, 0.1, 0.2)
+EVAL_SEED_OFFSET = 1000
+
+
+def reward_curve(
+    preset: str,
+    device: str,
+    batch: int,
+    method: str,
+    k: int | None,
+    budget_s: float,
+    steps: int = 50,
+    lr: float = 1e-4,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    reward_checkpoint: str | None = None,
+    max_steps: int = 10_000,
+) -> dict[str, Any]:
+    """Train one method for ``budget_s`` seconds of (paused-clock) training time; returns
+    ``{"wall_s": [...], "reward": [...], "trainer_steps", "updates"}`` starting at (0, start reward)."""
+    from easytune.bench.timing import time_once
+
+    if budget_s <= 0:
+        raise ConfigError(f"budget_s must be > 0 seconds, got {budget_s}")
+    setup = build_setup(preset, device, batch, steps, seed, checkpoint, reward_checkpoint)
+    eval_setup_seed = seed + EVAL_SEED_OFFSET
+
+    def evaluate() -> float:
+        setup.seed = eval_setup_seed
+        try:
+            return float(setup.sample_nograd().mean())
+        finally:
+            setup.seed = seed
+
+    trainer = setup.trainer(MethodCase(method, k).build(), lr=lr)
+    clock, wall, rewards, updates = 0.0, [0.0], [evaluate()], 0
+    n = 0
+    while clock < budget_s and n < max_steps:
+        seconds, stats = time_once(lambda: trainer.step(setup.batch), setup.device)
+        clock += seconds
+        updates += int(stats["updates"])
+        n += 1
+        wall.append(clock)
+        rewards.append(evaluate())
+    return {"wall_s": wall, "reward": rewards, "trainer_steps": n, "updates": updates}
+
+
+def first_reach(
+    wall: Sequence[float], reward: Sequence[float], level: float
+) -> tuple[float | None, int | None]:
+    """(time, evaluation index) of the first reward >= ``level``; (None, None) if never."""
+    for i, (t, r) in enumerate(zip(wall, reward)):
+        if r >= level:
+            return t, i
+    return None, None
+
+
+def run_time_to_reward(
+    preset: str,
+    device: str,
+    batch: int,
+    cases: list[MethodCase],
+    levels: list[float] | None,
+    budget_s: float,
+    steps: int = 50,
+    lr: float = 1e-4,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    reward_checkpoint: str | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
+    """Rows: one ``reward_curve`` per method and one ``time_to_reward`` per (method, level)."""
+    rows: list[dict[str, Any]] = []
+    start_reward = None
+    for case in cases:
+        log(f"[bench time-to-reward] {case.label}: training for {budget_s:g} s ...")
+        curve = reward_curve(
+            preset,
+            device,
+            batch,
+            case.method,
+            case.k,
+            budget_s,
+            steps,
+            lr,
+            seed,
+            checkpoint,
+            reward_checkpoint,
+        )
+        if start_reward is None:
+            start_reward = curve["reward"][0]
+            levels = levels or [round(start_reward + d, 4) for d in DEFAULT_DELTAS]
+            log(f"[bench time-to-reward] start reward {start_reward:.4f}; levels {levels}")
+        common = {
+            "method": case.label,
+            "preset": preset,
+            "device": device,
+            "batch": batch,
+            "lr": lr,
+            "budget_s": budget_s,
+            "start_reward": curve["reward"][0],
+        }
+        rows.append({"kind": "reward_curve", "case": f"{case.label}/{preset}/b{batch}", **common, **curve})
+        for level in levels:
+            t, i = first_reach(curve["wall_s"], curve["reward"], level)
+            rows.append(
+                {
+                    "kind": "time_to_reward",
+                    "case": f"{case.label}/{preset}/b{batch}/{level:g}",
+                    **common,
+                    "level": level,
+                    "time_to_reward_s": t,
+                    "trainer_steps_to_reward": i,
+                }
+            )
+        log(
+            f"[bench time-to-reward] {case.label}: final reward {curve['reward'][-1]:.4f} after "
+            f"{curve['trainer_steps']} steps / {curve['updates']} updates"
+        )
+    return rows

@@ -1,0 +1,191 @@
+"""Training of the independent evaluator (``easytune evaluator train``) and its ground-truth metrics.
+
+Loss (T2M co-embedding style, Euclidean): for a batch of B matched (caption, motion) pairs with
+embeddings t_i, m_j and distances d_ij = |t_i - m_j|,
+
+    mean_i d_ii^2  +  mean_{i != j, kept} max(0, margin - d_ij)^2
+
+over all in-batch negatives (the official evaluator uses one shifted negative per pair); negatives whose
+captions are near-duplicates (sentence-embedding cosine > ``2 * filter_threshold - 1``) are not used.
+Nothing here shares weights, architecture or loss with the reward model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from easytune import metrics
+from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
+from easytune.errors import CheckpointError, ConfigError
+from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
+from easytune.train_utils import check_finite, seed_everything
+from easytune.training.reward import load_split, seeded_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluatorTrainConfig:
+    """Options of ``easytune evaluator train``."""
+
+    preset: str = "tiny"
+    text_encoder: str | None = None
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-4
+    margin: float = 10.0
+    filter_threshold: float | None = 0.9
+    max_grad_norm: float | None = 1.0
+    bucket_pool: int = 8
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 250
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.margin <= 0:
+            raise ConfigError(
+                f"evaluator training: need steps >= 1, batch_size >= 2, lr > 0, margin > 0; got "
+                f"{self.steps}, {self.batch_size}, {self.lr}, {self.margin}"
+            )
+
+
+def margin_loss(
+    text: torch.Tensor, motion: torch.Tensor, margin: float, negative_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Contrastive margin loss on embeddings [B, E]: positives pulled to distance 0, negatives pushed beyond
+    ``margin``. ``negative_mask`` [B, B] bool: True where (i, j), i != j, may serve as a negative."""
+    d = torch.cdist(text, motion)
+    b = d.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=d.device)
+    neg = ~eye if negative_mask is None else negative_mask & ~eye
+    pos = d.diagonal().pow(2).mean()
+    hinge = (margin - d).clamp_min(0).pow(2)
+    return pos + (hinge * neg).sum() / neg.sum().clamp_min(1)
+
+
+def train_evaluator(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: EvaluatorTrainConfig,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    train_set: Any = None,
+    collate: Any = None,
+) -> MotionTextEvaluator:
+    """Train a fresh ``cfg.preset`` evaluator on the train split of ``data`` and write ``out`` (atomically,
+    every ``ckpt_every`` steps, with optimizer/step/rng so ``resume`` continues exactly)."""
+    if collate is None:
+        from easytune.data.humanml import collate_motion as collate
+    out, device = Path(out), torch.device(device)
+    seed_everything(cfg.seed)
+    overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
+    model = build_evaluator(cfg.preset, **overrides).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    train_set = load_split(data, "train", seed=cfg.seed) if train_set is None else train_set
+    start = 0
+    if resume and out.is_file():
+        ckpt = load_checkpoint(out)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{out}: not a training checkpoint (no optimizer state); cannot resume")
+        saved = dict(ckpt["meta"].get("train_config", {}))
+        mismatch = {
+            k: (saved.get(k), v)
+            for k, v in asdict(cfg).items()
+            if k not in ("steps", "log_every", "ckpt_every") and saved.get(k) != v
+        }
+        if mismatch:
+            raise ConfigError(f"{out}: cannot resume, the training options differ (saved, now): {mismatch}")
+        load_state_dict_strict(model, ckpt["state_dict"], str(out))
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start = int(ckpt["step"])
+    meta = {"stage": "evaluator", "train_config": asdict(cfg), "data": str(data)}
+
+    def save(step: int) -> None:
+        ckpt = model.checkpoint({**meta, "step": step})
+        ckpt.update(optimizer=opt.state_dict(), step=step, rng={"torch": torch.get_rng_state()})
+        save_atomic(ckpt, out)
+
+    batches = seeded_batches(train_set, cfg.batch_size, cfg.seed, start, collate, cfg.bucket_pool)
+    t0, total = time.perf_counter(), 0.0
+    for step in range(start, cfg.steps):
+        batch = next(batches)
+        emb = model.text_model.encode(batch["caption"], device=device)
+        text = model.encode_text_tokens(emb.tokens, emb.mask)
+        motion = model.encode_motion(batch["motion"].to(device), batch["lengths"].to(device))
+        keep = None
+        if cfg.filter_threshold is not None:
+            s = torch.nn.functional.normalize(emb.sentence.float(), dim=-1)
+            keep = (s @ s.T) <= 2 * cfg.filter_threshold - 1
+        loss = margin_loss(text, motion, cfg.margin, keep)
+        check_finite(loss, "evaluator loss", step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        total += float(loss.detach())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            n = (step - start) % cfg.log_every + 1
+            log.info(
+                "evaluator step %d/%d loss=%.4g (%.2f s/step)",
+                step + 1,
+                cfg.steps,
+                total / n,
+                (time.perf_counter() - t0) / n,
+            )
+            t0, total = time.perf_counter(), 0.0
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            save(step + 1)
+    save(cfg.steps)
+    return model.freeze()
+
+
+@torch.no_grad()
+def embed_pairs(
+    evaluator: MotionTextEvaluator,
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    collate: Any = None,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluator embeddings of every (caption, motion) item: (text [N, E], motion [N, E])."""
+    if collate is None:
+        from easytune.data.humanml import collate_motion as collate
+    texts, motions = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        texts.append(evaluator.encode_text(batch["caption"]).cpu())
+        motions.append(evaluator.encode_motion(batch["motion"].to(device), batch["lengths"].to(device)).cpu())
+    return torch.cat(texts).numpy(), torch.cat(motions).numpy()
+
+
+def ground_truth_metrics(
+    text: np.ndarray, motion: np.ndarray, *, group_size: int = 32, diversity_pairs: int = 300, seed: int = 0
+) -> dict[str, Any]:
+    """Evaluator metrics of the ground truth itself: R-Precision top-1/2/3 (groups of ``group_size``),
+    MM-Dist and Diversity; sizes shrink to the data (with a log line) instead of failing."""
+    n = len(text)
+    g = min(group_size, n)
+    p = min(diversity_pairs, n)
+    if g < group_size or p < diversity_pairs:
+        log.warning("%d pairs: using groups of %d and %d diversity pairs", n, g, p)
+    rp = metrics.r_precision(text, motion, group_size=g, top_k=min(3, g), seed=seed)
+    return {
+        "r_precision": rp,
+        "mm_dist": metrics.matching_score(text, motion),
+        "diversity": metrics.diversity(motion, pairs=p, seed=seed),
+        "group_size": g,
+        "diversity_pairs": p,
+        "n": n,
+    }

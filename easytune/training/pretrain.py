@@ -1,0 +1,387 @@
+"""Pretraining of the motion models: the MLD VAE, the MLD latent denoiser (frozen VAE) and MDM.
+
+One loop for the three stages: AdamW, linear warm-up + cosine LR, gradient clipping, optional EMA,
+condition dropout (the MLD denoiser sees the empty caption's embedding, MDM a zero embedding), masked
+losses, the NaN/inf guard, periodic atomic checkpoints and exact resume.
+
+Exact resume: batch ``k`` of epoch ``e`` is a pure function of ``(seed, e, k)`` (a length-bucketed
+shuffle drawn from a generator seeded with ``(seed, e)``; the dataset's own crops and captions depend on
+``(seed, e, index)``);
+noise, timesteps and condition dropout come from a dedicated generator whose state is checkpointed with
+the global torch RNG (dropout), the optimizer, LR scheduler, EMA and step. Resuming from the checkpoint
+of step ``k`` reproduces the losses of steps ``k+1 ...`` of an uninterrupted run bit for bit (same device).
+
+Checkpoint layout (``easytune.checkpoint``): ``state_dict`` (``vae.*`` / ``denoiser.*`` / MDM keys),
+``config`` (model sizes, ``text_encoder``, ``scheduler``, ``guidance_scale``), ``meta`` (stage, preset,
+data root, dataset ``mean`` / ``std`` tensors used to de-normalise samples, seconds, last loss) and the
+training state ``optimizer``, ``lr_scheduler``, ``step``, ``rng`` and (with EMA) ``ema`` (same key names
+as ``state_dict``, the averaged trained part; ``from_checkpoint`` prefers it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic, strip_prefix
+from easytune.errors import CheckpointError, ConfigError
+from easytune.train_utils import EMA, check_finite, progress, seed_everything, warmup_cosine_lambda
+
+log = logging.getLogger("easytune.pretrain")
+
+STAGES = ("vae", "mld", "mdm")
+
+
+@dataclass
+class PretrainOptions:
+    """What ``pretrain`` runs. ``None`` fields take the preset's defaults (``preset['train'][stage]``).
+
+    ``resume``: a training checkpoint to continue from (its config wins over ``preset`` / ``text_encoder``).
+    ``vae``: the VAE (or MLD) checkpoint whose frozen VAE the ``mld`` stage trains on.
+    """
+
+    stage: str
+    data: str | Path
+    out: str | Path
+    preset: str = "tiny"
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    ema: float | None = None
+    ckpt_every: int = 500
+    resume: str | Path | None = None
+    seed: int = 0
+    text_encoder: str | None = None
+    vae: str | Path | None = None
+    device: str = "cpu"
+    cond_drop: float = 0.1
+    kl_weight: float = 1e-4
+    joints_weight: float = 1.0
+    max_grad_norm: float = 1.0
+    log_every: int = 100
+    show_progress: bool = True
+
+
+@dataclass
+class PretrainResult:
+    """``losses``: ``(step, loss)`` per step this call ran (steps count from 1); ``seconds``: wall time."""
+
+    out: Path
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _check(opts: PretrainOptions) -> None:
+    if opts.stage not in STAGES:
+        raise ConfigError(f"pretrain stage must be one of {STAGES}, got {opts.stage!r}")
+    if opts.stage == "mld" and opts.vae is None and opts.resume is None:
+        raise ConfigError("pretrain mld needs --vae CKPT (a VAE from `easytune pretrain vae`, or an MLD "
+                          "checkpoint)")
+    if opts.stage != "mld" and opts.vae is not None:
+        raise ConfigError(f"--vae is only used by the mld stage, not {opts.stage!r}")
+    for name in ("steps", "batch_size", "ckpt_every", "log_every"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if opts.lr is not None and not opts.lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {opts.lr}")
+    if not 0.0 <= opts.cond_drop < 1.0:
+        raise ConfigError(f"condition dropout must be in [0, 1), got {opts.cond_drop}")
+    if opts.ema is not None and not 0.0 < opts.ema < 1.0:
+        raise ConfigError(f"--ema DECAY must be in (0, 1), got {opts.ema}")
+
+
+class _Batches:
+    """Deterministic, length-bucketed batches: step ``s`` (0-based) -> epoch ``s // per_epoch``; each epoch
+    shuffles the items with a generator seeded by ``(seed, epoch)``, sorts them by length within groups of
+    ``BUCKET`` batches (less padding: the transformers' cost grows with the longest item of a batch), cuts
+    full batches and shuffles their order. Every item is used once per epoch except the remainder."""
+
+    BUCKET = 16
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int) -> None:
+        from easytune.data.humanml import collate_motion
+
+        if len(dataset) < batch_size:
+            raise ConfigError(f"the training split has {len(dataset)} items, fewer than --batch-size "
+                              f"{batch_size}")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.per_epoch = len(dataset) // batch_size
+        self.lengths = torch.as_tensor(dataset.lengths)
+        self._collate = collate_motion
+        self._plan: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_plan(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen)
+        groups = perm.split(self.BUCKET * self.batch_size)
+        ordered = torch.cat([g[torch.argsort(self.lengths[g], stable=True)] for g in groups])
+        batches = ordered[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
+        return batches[torch.randperm(self.per_epoch, generator=gen)]
+
+    def __call__(self, step: int) -> dict:
+        epoch, k = divmod(step, self.per_epoch)
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, self._epoch_plan(epoch))
+            self.dataset.set_epoch(epoch)
+        return self._collate([self.dataset[i] for i in self._plan[1][k].tolist()])
+
+
+def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``loss`` [B, T, ...] over valid frames (``mask`` bool [B, T]) and trailing dims."""
+    per_frame = loss.flatten(2).mean(-1)
+    return (per_frame * mask).sum() / mask.sum().clamp(min=1)
+
+
+class _Stage:
+    """The per-stage parts of the loop: which module trains and how a batch becomes a loss."""
+
+    def __init__(self, opts: PretrainOptions, config: dict[str, Any], device: torch.device,
+                 mean: np.ndarray, std: np.ndarray, vae_state: dict[str, torch.Tensor] | None) -> None:
+        from easytune.models.mdm import MDM
+        from easytune.models.mld import MLD, MotionVAE, VAEConfig, config_from_dict
+
+        self.opts, self.config, self.device = opts, config, device
+        self.mean = torch.as_tensor(mean, device=device)
+        self.std = torch.as_tensor(std, device=device)
+        if opts.stage == "vae":
+            self.model: nn.Module = MotionVAE(config_from_dict(VAEConfig, config["vae"], "config.vae"))
+            self.trained: nn.Module = self.model
+            self.prefix = "vae."
+        elif opts.stage == "mld":
+            self.model = MLD.from_config(config)
+            if vae_state is not None:
+                load_state_dict_strict(self.model.vae, vae_state, f"{opts.vae} (vae.*)")
+            self.model.vae.requires_grad_(False)
+            self.trained = self.model.denoiser
+            self.prefix = "denoiser."
+        else:
+            self.model = MDM.from_config(config)
+            self.trained = self.model
+            self.prefix = ""
+        self.model.to(device)
+        if opts.stage in ("mld", "mdm"):
+            from easytune.diffusion import DDPMScheduler
+            from easytune.text import build_text_encoder
+
+            self.scheduler = DDPMScheduler.from_config(config["scheduler"])
+            self.text = build_text_encoder(config["text_encoder"])
+            self.null = self.text.encode([""], device=device).sentence if opts.stage == "mld" else None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights under checkpoint key names (VAE stage: ``vae.*``)."""
+        sd = self.model.state_dict()
+        return {f"vae.{k}": v for k, v in sd.items()} if self.opts.stage == "vae" else sd
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.opts.stage == "mld":
+            self.model.vae.eval()
+
+    def loss(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        feats = batch["motion"].to(self.device)
+        lengths = batch["lengths"].to(self.device)
+        mask = batch["mask"].to(self.device)
+        if self.opts.stage == "vae":
+            return self._vae_loss(feats, lengths, mask)
+        return self._diffusion_loss(feats, lengths, mask, batch["caption"], gen)
+
+    def _vae_loss(self, feats, lengths, mask):
+        from easytune.data.features import recover_from_ric
+
+        rec, _, posterior = self.model(feats, lengths)
+        rec_loss = _masked_mean(F.smooth_l1_loss(rec, feats, reduction="none"), mask)
+        kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).mean()
+        loss = rec_loss + self.opts.kl_weight * kl
+        parts = {"rec": rec_loss.item(), "kl": kl.item()}
+        if self.opts.joints_weight > 0:
+            joints_rec = recover_from_ric(rec * self.std + self.mean)
+            joints_ref = recover_from_ric(feats * self.std + self.mean)
+            joints_loss = _masked_mean(F.smooth_l1_loss(joints_rec, joints_ref, reduction="none"), mask)
+            loss = loss + self.opts.joints_weight * joints_loss
+            parts["joints"] = joints_loss.item()
+        return loss, parts
+
+    def _diffusion_loss(self, feats, lengths, mask, captions, gen):
+        b = feats.shape[0]
+        cond = self.text.encode(list(captions), device=self.device).sentence
+        drop = (torch.rand(b, generator=gen) < self.opts.cond_drop).to(self.device)[:, None]
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen).to(self.device)
+        if self.opts.stage == "mld":
+            with torch.no_grad():
+                x0, _ = self.model.vae.encode(feats, lengths)
+            cond = torch.where(drop, self.null.expand_as(cond), cond)
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            pred = self.model.denoiser(self.scheduler.add_noise(x0, noise, t), t, cond[:, None])
+            loss = F.mse_loss(pred, self.scheduler.training_target(x0, noise, t))
+        else:
+            cond = torch.where(drop, torch.zeros_like(cond), cond)
+            noise = torch.randn(feats.shape, generator=gen).to(self.device)
+            x_t = self.scheduler.add_noise(feats, noise, t) * mask[..., None]
+            pred = self.model(x_t, t, cond, lengths)
+            target = self.scheduler.training_target(feats, noise, t)
+            loss = _masked_mean((pred - target) ** 2, mask)
+        return loss, {"mse": loss.item()}
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["generator"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _resolve(opts: PretrainOptions, text_dim_of: Callable[[str], int], nfeats: int) -> tuple[dict, dict]:
+    """(model config, train defaults) for a fresh run."""
+    from easytune.models.presets import get_preset, model_config
+
+    preset = get_preset(opts.preset)
+    kind = "mld" if opts.stage in ("vae", "mld") else "mdm"
+    if preset["kind"] != kind:
+        raise ConfigError(f"preset {opts.preset!r} is a {preset['kind']} preset; stage {opts.stage!r} needs "
+                          f"a {kind} preset")
+    if opts.text_encoder is not None:
+        preset["text_encoder"] = opts.text_encoder
+    text_dim = text_dim_of(preset["text_encoder"]) if opts.stage != "vae" else 0
+    config = model_config(preset, text_dim, nfeats)
+    if opts.stage == "vae":
+        config = {"kind": "vae", "vae": config["vae"]}
+    return config, preset["train"][opts.stage]
+
+
+def _vae_from(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(vae config dict, vae state dict without prefix, meta) of a VAE / MLD / lineage checkpoint."""
+    from easytune.models.mld import load_vae
+
+    vae = load_vae(path)
+    return asdict(vae.config), vae.state_dict(), load_checkpoint(path).get("meta", {})
+
+
+def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], None] | None = None
+             ) -> PretrainResult:
+    """Run (or resume) pretraining; write checkpoints to ``opts.out``. ``callback(step, stats)`` runs after
+    every step (stats: ``loss``, its parts, ``lr``). Returns the per-step losses of this call."""
+    from easytune.data.humanml import MotionDataset
+    from easytune.text import build_text_encoder
+
+    _check(opts)
+    seed_everything(opts.seed)  # model initialisation; a resumed run then restores the saved RNG state
+    device = torch.device(opts.device)
+    dataset = MotionDataset(opts.data, "train", seed=opts.seed)
+    ckpt = load_checkpoint(opts.resume) if opts.resume is not None else None
+    vae_state = None
+    if ckpt is not None:
+        meta = ckpt.get("meta", {})
+        if meta.get("stage") != opts.stage or "config" not in ckpt or "optimizer" not in ckpt:
+            raise CheckpointError(f"{opts.resume}: not a training checkpoint of stage {opts.stage!r} "
+                                  f"(stage {meta.get('stage')!r}; needs config, optimizer, step, rng)")
+        config, train = ckpt["config"], meta["train"]
+    else:
+        config, train = _resolve(opts, lambda spec: build_text_encoder(spec).sentence_dim,
+                                 dataset.feature_dim)
+        if opts.stage == "mld":
+            vae_cfg, vae_state, vae_meta = _vae_from(opts.vae)
+            config["vae"] = vae_cfg
+            config["denoiser"].update(latent_size=vae_cfg["latent_size"], latent_dim=vae_cfg["latent_dim"])
+            _check_normalisation(vae_meta, dataset, opts.vae)
+        train = {**train, **{k: getattr(opts, k) for k in ("steps", "batch_size", "lr", "warmup", "ema")
+                             if getattr(opts, k) is not None}}
+        train.setdefault("ema", None)
+    steps = opts.steps or train["steps"]
+
+    stage = _Stage(opts, config, device, dataset.mean, dataset.std, vae_state)
+    params = [p for p in stage.trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train["lr"], betas=(0.9, 0.999), weight_decay=0.0)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(train["warmup"], steps))
+    ema = EMA(stage.trained, train["ema"]) if train["ema"] else None
+    gen = torch.Generator().manual_seed(opts.seed)
+    batches = _Batches(dataset, train["batch_size"], opts.seed)
+    start, seconds_before = 0, 0.0
+    if ckpt is not None:
+        state = ckpt["state_dict"]
+        load_state_dict_strict(stage.model, strip_prefix(state, "vae.") if opts.stage == "vae" else state,
+                               str(opts.resume))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(strip_prefix(ckpt["ema"], stage.prefix))
+        _set_rng_state(ckpt["rng"], gen, device)
+        start, seconds_before = int(ckpt["step"]), float(ckpt["meta"].get("seconds", 0.0))
+        log.info("resumed %s from %s at step %d", opts.stage, opts.resume, start)
+    if start >= steps:
+        raise ConfigError(f"{opts.resume}: already at step {start}; pass --steps above it to train further")
+
+    meta = {"stage": opts.stage, "preset": opts.preset, "data": str(opts.data), "train": train,
+            "mean": torch.as_tensor(dataset.mean), "std": torch.as_tensor(dataset.std)}
+    result = PretrainResult(Path(opts.out), steps)
+    t0 = time.perf_counter()
+
+    def save(step: int, loss: float) -> None:
+        ckpt_out = {"state_dict": stage.state_dict(), "config": config,
+                    "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": loss},
+                    "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "step": step, "rng": _rng_state(gen, device)}
+        if ema is not None:
+            ckpt_out["ema"] = {stage.prefix + k: v for k, v in ema.state_dict().items()}
+        save_atomic(ckpt_out, opts.out)
+
+    stage.train_mode()
+    window: list[float] = []
+    for step in progress(range(start + 1, steps + 1), total=steps - start, desc=f"pretrain {opts.stage}",
+                         enabled=opts.show_progress):
+        loss, parts = stage.loss(batches(step - 1), gen)
+        check_finite(loss, f"pretrain {opts.stage} loss", step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+        check_finite(grad_norm, f"pretrain {opts.stage} gradient norm", step)
+        optimizer.step()
+        lr_scheduler.step()
+        if ema is not None:
+            ema.update()
+        value = loss.item()
+        result.losses.append((step, value))
+        window.append(value)
+        stats = {"loss": value, **parts, "lr": optimizer.param_groups[0]["lr"]}
+        if callback is not None:
+            callback(step, stats)
+        if step % opts.log_every == 0 or step == steps:
+            log.info("%s step %d/%d loss %.5f (%s) lr %.2e", opts.stage, step, steps,
+                     sum(window) / len(window),
+                     ", ".join(f"{k} {v:.4g}" for k, v in parts.items()), stats["lr"])
+            window.clear()
+        if step % opts.ckpt_every == 0 or step == steps:
+            save(step, value)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_normalisation(vae_meta: dict[str, Any], dataset: Any, path: str | Path | None) -> None:
+    """The VAE must have been trained on features normalised like this dataset's."""
+    if "mean" not in vae_meta or "std" not in vae_meta:
+        log.warning("%s has no dataset mean/std; assuming it was trained with %s's normalisation",
+                    path, dataset.root)
+        return
+    same = np.allclose(np.asarray(vae_meta["mean"]), dataset.mean, atol=1e-5) and \
+        np.allclose(np.asarray(vae_meta["std"]), dataset.std, atol=1e-5)
+    if not same:
+        raise ConfigError(f"{path}: the VAE was trained with another Mean/Std than {dataset.root}; train the "
+                          "denoiser on the VAE's dataset (or retrain the VAE)")

@@ -1,0 +1,504 @@
+"""Reward model training: stage 1 (TMR-style retrieval training), stage 2 SPL, and retrieval evaluation.
+
+Stage 1 loss (SPEC section 4), per batch of (motion, caption) pairs:
+
+    SmoothL1(decode(z_text), x) + SmoothL1(decode(z_motion), x)                     reconstructions
+    + 1e-5 * [KL(q_t | q_m) + KL(q_m | q_t) + KL(q_m | N(0, I)) + KL(q_t | N(0, I))]
+    + 1e-5 * SmoothL1(z_motion, z_text)                                              latent matching
+    + 0.1 * symmetric InfoNCE(z_text, z_motion; temperature 0.1), negatives whose caption-embedding
+      cosine exceeds 2 * 0.9 - 1 masked out
+
+with ``z`` sampled latents. Reconstructions are averaged over VALID frames only and always target the
+clean motion (the reference averages over padding too and reconstructs the noised input).
+Noise augmentation: each sample is replaced, with probability ``noise_prob``, by the forward diffusion
+q(x_t | x_0) (scaled_linear 0.00085..0.012, 1000 steps) at t ~ U{0..max_t}; a time-conditioned model
+sees that t (clean samples: t = 0).
+
+Stage 2 (SPL) adds ``spl_weight`` (1e-2) times the self-refinement preference loss (``spl_loss``).
+Batches come from a seeded per-epoch permutation, so ``resume`` continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from easytune import metrics
+from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
+from easytune.errors import CheckpointError, ConfigError
+from easytune.models.reward import RewardModel, build_reward_model
+from easytune.train_utils import check_finite, seed_everything
+
+log = logging.getLogger(__name__)
+
+NOISE_SCHEDULE = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+)
+
+
+@dataclass
+class RewardTrainConfig:
+    """Options of ``easytune reward train`` / ``refine`` (defaults: stage 1 on the ``tiny`` preset).
+
+    ``filter_threshold``: InfoNCE negatives with caption cosine > ``2 * filter_threshold - 1`` are masked.
+    SPL (``spl_weight`` > 0): ``spl_topk`` retrieval window; ``spl_high_sim`` (reference: 0.8) also
+    counts a text as correctly retrieved when any similarity in its row exceeds it (None = off);
+    ``spl_double_temperature`` divides by the temperature twice as the reference code does.
+    ``bucket_pool``: batches of similar lengths from pools of ``bucket_pool * batch_size`` shuffled items
+    (``epoch_batches``; about 3x faster on CPU than random batches); 0 = plain random batches.
+    """
+
+    preset: str = "tiny"
+    mode: str = "M0T0"
+    text_encoder: str | None = None
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    noise_prob: float = 0.0
+    max_t: int = 500
+    temperature: float = 0.1
+    filter_threshold: float = 0.9
+    lambda_recons: float = 1.0
+    lambda_kl: float = 1e-5
+    lambda_latent: float = 1e-5
+    lambda_contrastive: float = 0.1
+    spl_weight: float = 0.0
+    spl_topk: int = 10
+    spl_high_sim: float | None = None
+    spl_double_temperature: bool = False
+    bucket_pool: int = 8
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 250
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (the contrastive loss needs negatives)"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.noise_prob <= 1.0, "noise_prob must lie in [0, 1]"),
+            (0 <= self.max_t < NOISE_SCHEDULE["num_train_timesteps"], "max_t must lie in [0, 999]"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.spl_weight >= 0, "spl_weight must be >= 0"),
+            (self.spl_topk >= 1, "spl_topk must be >= 1"),
+            (self.log_every >= 1 and self.ckpt_every >= 1, "log_every and ckpt_every must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"reward training: {msg}")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def gaussian_kl(q: tuple[torch.Tensor, torch.Tensor], p: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean over elements of KL(N(mu_q, exp(lv_q)) || N(mu_p, exp(lv_p))) for diagonal Gaussians."""
+    (mu_q, lv_q), (mu_p, lv_p) = q, p
+    ratio = lv_q - lv_p
+    return 0.5 * (ratio.exp() + (mu_p - mu_q).pow(2) / lv_p.exp() - 1.0 - ratio).mean()
+
+
+def filtered_info_nce(
+    text: torch.Tensor,
+    motion: torch.Tensor,
+    sentence: torch.Tensor | None,
+    temperature: float,
+    threshold: float | None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over cosine similarities [B, B] / temperature (text rows, motion columns).
+
+    Off-diagonal pairs whose sentence-embedding cosine exceeds ``2 * threshold - 1`` (near-duplicate
+    captions) are masked out as negatives; None disables the filter.
+    """
+    sim = F.normalize(text, dim=-1) @ F.normalize(motion, dim=-1).T / temperature
+    if sentence is not None and threshold is not None:
+        s = F.normalize(sentence.float(), dim=-1)
+        selfsim = s @ s.T
+        eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+        sim = sim.masked_fill((selfsim > 2 * threshold - 1) & ~eye, float("-inf"))
+    labels = torch.arange(len(sim), device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
+
+
+def spl_loss(
+    text_mu: torch.Tensor,
+    motion_mu: torch.Tensor,
+    *,
+    topk: int = 10,
+    temperature: float = 0.1,
+    high_sim: float | None = None,
+    double_temperature: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-refinement preference loss on latent means [B, D]; returns (loss, failed [B] bool).
+
+    For text ``i``, retrieve over the batch's motions by cosine. ``failed``: the ground truth is not in
+    the top ``min(topk, B)`` (and, with ``high_sim``, no similarity in the row exceeds it). Preference pair
+    (ground truth, top-1 retrieved): the 2-way softmax of their similarities / temperature is pushed by
+    KL(target || p) toward (1, 0) when failed and (0.5, 0.5) otherwise; mean over texts.
+    """
+    sim = F.normalize(text_mu, dim=-1) @ F.normalize(motion_mu, dim=-1).T
+    b = sim.shape[0]
+    with torch.no_grad():
+        top = sim.topk(min(topk, b), dim=1).indices
+        gt = torch.arange(b, device=sim.device)
+        correct = (top == gt[:, None]).any(1)
+        if high_sim is not None:
+            correct |= (sim > high_sim).any(1)
+        failed = ~correct
+        target = torch.where(failed[:, None], sim.new_tensor([1.0, 0.0]), sim.new_tensor([0.5, 0.5]))
+    scale = 1.0 / temperature ** (2 if double_temperature else 1)
+    logits = torch.stack([sim.diagonal(), sim.gather(1, top[:, :1]).squeeze(1)], dim=1) * scale
+    loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="none").sum(1).mean()
+    return loss, failed
+
+
+def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    valid = (torch.arange(target.shape[1], device=target.device)[None] < lengths[:, None]).to(target.dtype)
+    per = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
+    return (per * valid).sum() / valid.sum()
+
+
+def reward_losses(
+    model: RewardModel,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    lengths: torch.Tensor,
+    text_emb: Any,
+    timesteps: torch.Tensor,
+    cfg: RewardTrainConfig,
+) -> dict[str, torch.Tensor]:
+    """All loss terms for one batch (model in train mode); ``"total"`` is the weighted sum.
+
+    ``clean`` / ``noisy``: [B, T, nfeats] (equal when not augmented); ``timesteps`` int64 [B] of ``noisy``;
+    ``text_emb``: the text encoder's ``TextEmbedding`` of the captions.
+    """
+    c = model.config
+    m_mu, m_lv = model.encode_motion(noisy, lengths, timesteps if c.motion_time else None)
+    t_mu, t_lv = model.encode_text_tokens(text_emb.tokens, text_emb.mask, timesteps if c.text_time else None)
+    m_z = m_mu + torch.randn_like(m_mu) * (0.5 * m_lv).exp()
+    t_z = t_mu + torch.randn_like(t_mu) * (0.5 * t_lv).exp()
+    frames = clean.shape[1]
+    recons = _masked_smooth_l1(model.decode(t_z, lengths, frames), clean, lengths) + _masked_smooth_l1(
+        model.decode(m_z, lengths, frames), clean, lengths
+    )
+    ref = (torch.zeros_like(m_mu), torch.zeros_like(m_lv))
+    kl = (
+        gaussian_kl((t_mu, t_lv), (m_mu, m_lv))
+        + gaussian_kl((m_mu, m_lv), (t_mu, t_lv))
+        + gaussian_kl((m_mu, m_lv), ref)
+        + gaussian_kl((t_mu, t_lv), ref)
+    )
+    latent = F.smooth_l1_loss(m_z, t_z)
+    contrastive = filtered_info_nce(t_z, m_z, text_emb.sentence, cfg.temperature, cfg.filter_threshold)
+    total = (
+        cfg.lambda_recons * recons
+        + cfg.lambda_kl * kl
+        + cfg.lambda_latent * latent
+        + cfg.lambda_contrastive * contrastive
+    )
+    out = {"recons": recons, "kl": kl, "latent": latent, "contrastive": contrastive}
+    if cfg.spl_weight > 0:
+        spl, failed = spl_loss(
+            t_mu,
+            m_mu,
+            topk=cfg.spl_topk,
+            temperature=cfg.temperature,
+            high_sim=cfg.spl_high_sim,
+            double_temperature=cfg.spl_double_temperature,
+        )
+        total = total + cfg.spl_weight * spl
+        out.update(spl=spl, spl_failed=failed.float().mean())
+    out["total"] = total
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None, bucket_pool: int = 0
+) -> list[list[int]]:
+    """Index batches of one epoch: a permutation seeded by ``(seed, epoch)`` cut into full batches (the
+    ``n % batch_size`` left over wait for a later epoch). With ``bucket_pool`` > 0 and ``lengths``, each
+    run of ``bucket_pool * batch_size`` permuted items is sorted by length before cutting, and the batch
+    order is shuffled (seeded): batches of similar lengths, so little padding."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    per_epoch = n // batch_size
+    perm = torch.randperm(n, generator=gen)[: per_epoch * batch_size].numpy()
+    if bucket_pool > 0 and lengths is not None:
+        pool = bucket_pool * batch_size
+        perm = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(perm, range(pool, len(perm), pool))
+            ]
+        )
+    batches = perm.reshape(per_epoch, batch_size)
+    if bucket_pool > 0 and lengths is not None:
+        batches = batches[torch.randperm(per_epoch, generator=gen).numpy()]
+    return batches.tolist()
+
+
+def seeded_batches(
+    dataset: Any, batch_size: int, seed: int, start_step: int, collate: Callable, bucket_pool: int = 0
+) -> Iterator[Any]:
+    """Endless collated batches (``epoch_batches`` per epoch; ``dataset.lengths`` or the items' ``length``
+    feed the length buckets). Calls ``dataset.set_epoch(e)`` when it exists (fresh random crops /
+    captions). Starting at ``start_step`` gives exactly the batches a run from step 0 would see from that
+    step on."""
+    n = len(dataset)
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"the training split has {n} samples, fewer than batch_size={batch_size}")
+    lengths = None
+    if bucket_pool > 0:
+        lengths = getattr(dataset, "lengths", None)
+        lengths = np.asarray([dataset[i]["length"] for i in range(n)] if lengths is None else lengths)
+    step, cached = start_step, (None, None)
+    while True:
+        epoch, i = divmod(step, per_epoch)
+        if cached[0] != epoch:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            cached = (epoch, epoch_batches(n, batch_size, seed, epoch, lengths, bucket_pool))
+        yield collate([dataset[j] for j in cached[1][i]])
+        step += 1
+
+
+def noise_augment(
+    motion: torch.Tensor, prob: float, max_t: int, generator: torch.Generator, scheduler: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, with probability ``prob``, forward-diffuse to t ~ U{0..max_t}; returns (motion', t [B]),
+    t = 0 for untouched samples."""
+    b = motion.shape[0]
+    pick = torch.rand(b, generator=generator) < prob
+    t = torch.randint(0, max_t + 1, (b,), generator=generator) * pick
+    noise = torch.randn(motion.shape, generator=generator).to(motion)
+    noisy = scheduler.add_noise(motion, noise, t.to(motion.device))
+    return torch.where(pick.to(motion.device)[:, None, None], noisy, motion), t.to(motion.device)
+
+
+def noise_scheduler():
+    from easytune.diffusion import DDPMScheduler
+
+    return DDPMScheduler(**NOISE_SCHEDULE)
+
+
+def load_split(data: str | os.PathLike, split: str, **kw: Any):
+    from easytune.data.humanml import MotionDataset
+
+    return MotionDataset(data, split, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ loop
+def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"torch": torch.get_rng_state(), "noise": gen.get_state()}
+
+
+def _restore_rng(state: dict[str, torch.Tensor], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["noise"])
+
+
+def train_reward_model(
+    model: RewardModel,
+    train_set: Any,
+    cfg: RewardTrainConfig,
+    out: str | os.PathLike,
+    *,
+    stage: str,
+    resume: bool = False,
+    meta: dict[str, Any] | None = None,
+    collate: Callable | None = None,
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """Run the training loop on ``model`` (stage 1 or SPL per ``cfg``) and write ``out`` atomically.
+
+    ``out`` holds the easytune reward checkpoint plus ``optimizer``, ``step``, ``rng`` and the training
+    config, rewritten every ``ckpt_every`` steps; with ``resume`` an existing ``out`` is continued
+    (same config required, ``steps`` may grow). Raises ``NonFiniteLossError`` on a NaN/inf loss.
+    """
+    if collate is None:
+        from easytune.data.humanml import collate_motion as collate
+    out = Path(out)
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resume and out.is_file():
+        ckpt = load_checkpoint(out)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{out}: not a training checkpoint (no optimizer state); cannot resume")
+        saved = dict(ckpt["meta"].get("train_config", {}))
+        mismatch = {
+            k: (saved.get(k), v)
+            for k, v in asdict(cfg).items()
+            if k not in ("steps", "log_every", "ckpt_every") and saved.get(k) != v
+        }
+        if mismatch or ckpt["meta"].get("stage") != stage:
+            raise ConfigError(
+                f"{out}: cannot resume, the training options differ (saved, now): {mismatch} "
+                f"stage {ckpt['meta'].get('stage')!r} vs {stage!r}"
+            )
+        load_state_dict_strict(model, ckpt["state_dict"], str(out))
+        opt.load_state_dict(ckpt["optimizer"])
+        _restore_rng(ckpt["rng"], gen)
+        start = int(ckpt["step"])
+        log.info("resuming %s from step %d", out, start)
+    sched = noise_scheduler()
+    meta = {**(meta or {}), "stage": stage, "train_config": asdict(cfg)}
+
+    def save(step: int) -> None:
+        ckpt = model.checkpoint({**meta, "step": step})
+        ckpt.update(optimizer=opt.state_dict(), step=step, rng=_rng_state(gen))
+        save_atomic(ckpt, out)
+
+    batches = seeded_batches(train_set, cfg.batch_size, cfg.seed, start, collate, cfg.bucket_pool)
+    t0, sums = time.perf_counter(), {}
+    for step in range(start, cfg.steps):
+        batch = next(batches)
+        clean = batch["motion"].to(device)
+        lengths = batch["lengths"].to(device)
+        noisy, t = noise_augment(clean, cfg.noise_prob, cfg.max_t, gen, sched)
+        emb = model.embed_captions(batch["caption"], device=device)
+        losses = reward_losses(model, clean, noisy, lengths, emb, t, cfg)
+        check_finite(losses["total"], f"{stage} reward loss", step)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            n = (step - start) % cfg.log_every + 1
+            log.info(
+                "%s step %d/%d %s (%.2f s/step)",
+                stage,
+                step + 1,
+                cfg.steps,
+                " ".join(f"{k}={v / n:.4g}" for k, v in sums.items()),
+                (time.perf_counter() - t0) / n,
+            )
+            t0, sums = time.perf_counter(), {}
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            save(step + 1)
+    save(cfg.steps)
+    return model
+
+
+def train_stage1(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: RewardTrainConfig,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """``easytune reward train``: a fresh ``cfg.preset`` model trained with the stage-1 loss on ``data``."""
+    if cfg.spl_weight:
+        raise ConfigError("stage 1 (reward train) takes no SPL term; use `easytune reward refine`")
+    overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
+    seed_everything(cfg.seed)
+    model = build_reward_model(cfg.preset, mode=cfg.mode, **overrides)
+    train = load_split(data, "train", seed=cfg.seed)
+    return train_reward_model(
+        model, train, cfg, out, stage="stage1", resume=resume, meta={"data": str(data)}, device=device
+    )
+
+
+def refine_spl(
+    init: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: RewardTrainConfig,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+) -> RewardModel:
+    """``easytune reward refine``: SPL stage 2 from the stage-1 checkpoint ``init`` (its architecture is
+    kept; ``cfg.mode`` and ``cfg.text_encoder`` are taken from it)."""
+    if cfg.spl_weight <= 0:
+        raise ConfigError("SPL refinement needs spl_weight > 0 (default 1e-2)")
+    model = RewardModel.from_checkpoint(init, freeze=False)
+    cfg = dataclasses.replace(cfg, mode=model.config.mode, text_encoder=model.config.text_encoder)
+    train = load_split(data, "train", seed=cfg.seed)
+    return train_reward_model(
+        model,
+        train,
+        cfg,
+        out,
+        stage="spl",
+        resume=resume,
+        meta={"data": str(data), "init": str(init)},
+        device=device,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@torch.no_grad()
+def encode_split(
+    model: RewardModel,
+    dataset: Any,
+    *,
+    noise_t: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    collate: Callable | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Latent means of every (caption, motion) of ``dataset``: (text [N, D], motion [N, D], captions).
+
+    ``noise_t``: forward-diffuse every motion to step ``noise_t`` (seeded) before encoding; a
+    time-conditioned model is told that step.
+    """
+    if collate is None:
+        from easytune.data.humanml import collate_motion as collate
+    was_training = model.training
+    model.eval()
+    sched = noise_scheduler()
+    gen = torch.Generator().manual_seed(seed)
+    c = model.config
+    texts, motions, captions = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        x = batch["motion"].to(device)
+        lengths = batch["lengths"].to(device)
+        t = None
+        if noise_t is not None:
+            t = torch.full((x.shape[0],), int(noise_t), dtype=torch.long)
+            x = sched.add_noise(x, torch.randn(x.shape, generator=gen).to(x), t.to(device))
+        emb = model.embed_captions(batch["caption"], device=device)
+        motions.append(model.encode_motion(x, lengths, t if c.motion_time else None)[0].cpu())
+        texts.append(model.encode_text_tokens(emb.tokens, emb.mask, t if c.text_time else None)[0].cpu())
+        captions.extend(batch["caption"])
+    model.train(was_training)
+    return torch.cat(texts).numpy(), torch.cat(motions).numpy(), captions
+
+
+def evaluate_retrieval(
+    text: np.ndarray, motion: np.ndarray, *, group_size: int = 32, shuffles: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """``{"full": retrieval over all pairs, "grouped": within seeded groups of ``group_size``, pooled over
+    ``shuffles`` shuffles}``; the group size shrinks to the number of pairs (with a log line) when the
+    split is smaller."""
+    n = len(text)
+    if n < group_size:
+        log.warning("test split has %d pairs, fewer than a group of %d: using groups of %d", n, group_size, n)
+        group_size = n
+    return {
+        "full": metrics.retrieval_metrics(text, motion),
+        "grouped": metrics.grouped_retrieval_metrics(
+            text, motion, group_size=group_size, seed=seed, shuffles=shuffles
+        ),
+    }

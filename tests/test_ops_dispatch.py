@@ -1,0 +1,137 @@
+"""Backend selection: environment variables, explicit choices that cannot run (with their reasons),
+``auto`` fallback and its log, ``auto`` never picking the Triton interpreter, and the packing used by
+the xformers / flash backends (checked with a per-sample reference in place of the libraries)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from easytune import ops
+from easytune.errors import BackendUnavailableError, ConfigError
+from easytune.ops import _triton, dispatch
+from easytune.ops.attention_varlen import packed_attention, varlen_layout
+
+
+def _qkv(dtype=torch.float32, D=16, B=2, T=5):
+    return {name: torch.randn(B, 2, T, D, dtype=dtype) for name in ("q", "k", "v")}
+
+
+def test_env_variables_choose_the_backend(monkeypatch):
+    inputs = _qkv()
+    monkeypatch.setenv("EASYTUNE_BACKEND", "math")
+    assert dispatch.resolve("attention", **inputs).backend == "math"
+    monkeypatch.setenv("EASYTUNE_ATTENTION_BACKEND", "sdpa")  # the op's variable wins over the global one
+    assert dispatch.resolve("attention", **inputs).backend == "sdpa"
+    assert dispatch.resolve("attention", "math", **inputs).backend == "math"  # the argument wins
+    monkeypatch.setenv("EASYTUNE_ATTENTION_BACKEND", "fast")
+    with pytest.raises(ConfigError, match="EASYTUNE_ATTENTION_BACKEND.*'fast'"):
+        dispatch.resolve("attention", **inputs)
+
+
+def test_unknown_backend_argument_is_a_config_error():
+    with pytest.raises(ConfigError, match="backend="):
+        ops.attention(*_qkv().values(), backend="cudnn")
+
+
+@pytest.mark.parametrize("backend,kwargs,reason", [
+    ("triton", dict(D=48), "head dim 48"),
+    ("triton", dict(dtype=torch.float64), "float64 is not supported"),
+    ("xformers", {}, "xformers is not installed"),
+    ("flash", {}, "flash-attn needs CUDA tensors"),
+])
+def test_explicit_backend_raises_with_its_reason(backend, kwargs, reason):
+    with pytest.raises(BackendUnavailableError, match=reason):
+        ops.attention(*_qkv(**kwargs).values(), backend=backend)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setattr(_triton, "interpreting", lambda: False)
+    reasons = dispatch.report("attention", **_qkv())["triton"]
+    assert any("need CUDA tensors" in r and "TRITON_INTERPRET=1" in r for r in reasons)
+
+
+def test_auto_never_picks_the_triton_interpreter():
+    assert _triton.interpreting()  # conftest runs the tests under TRITON_INTERPRET=1
+    inputs = _qkv()
+    assert dispatch.report("attention", **inputs)["triton"] == []  # an explicit choice runs it ...
+    assert "TRITON_INTERPRET=1" in dispatch.report("attention", auto=True, **inputs)["triton"][0]  # auto not
+    assert dispatch.resolve("attention", **inputs).backend == "sdpa"
+    m = torch.randn(3, 8)
+    assert dispatch.resolve("reward_head", motion=m, text=m).backend == "math"
+    x = torch.randn(3, 4)
+    a = torch.rand(3)
+    assert dispatch.resolve("guided_step", model_cond=x, model_uncond=x, sample=x, alpha_prod_t=a,
+                            alpha_prod_t_prev=a).backend == "math"
+
+
+def test_auto_logs_why_it_skips_a_backend_once(caplog, monkeypatch):
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    inputs = _qkv(dtype=torch.float64)
+    with caplog.at_level(logging.INFO, logger="easytune.ops"):
+        for _ in range(3):
+            assert dispatch.resolve("attention", **inputs).backend == "sdpa"
+    triton_lines = [r.getMessage() for r in caplog.records if "skips backend triton" in r.getMessage()]
+    assert len(triton_lines) == 1 and "float64 is not supported" in triton_lines[0]
+
+
+def test_auto_with_dropout_runs():
+    q, k, v = _qkv().values()
+    out = ops.attention(q, k, v, kv_lengths=torch.tensor([5, 2]), dropout_p=0.5)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+def test_guided_step_triton_refuses_alphas_that_need_grad():
+    x = torch.randn(2, 3)
+    a = torch.rand(2, requires_grad=True)
+    with pytest.raises(BackendUnavailableError, match="alpha_prod_t requires grad"):
+        ops.guided_step(x, x, x, a, a.detach(), backend="triton")
+
+
+def test_guided_step_rejects_bad_arguments():
+    x = torch.randn(2, 3)
+    a = torch.rand(2)
+    with pytest.raises(ConfigError, match="noise"):
+        ops.guided_step(x, x, x, a, a, eta=0.5)
+    with pytest.raises(ConfigError, match="model_uncond must have the shape"):
+        ops.guided_step(x, x[:, :2], x, a, a)
+    with pytest.raises(ConfigError, match=r"alpha_prod_t_prev must be a scalar or have shape \[2\]"):
+        ops.guided_step(x, x, x, a, torch.rand(3))
+    with pytest.raises(ConfigError, match="prediction_type"):
+        ops.guided_step(x, x, x, a, a, prediction_type="x0")
+
+
+def _per_sample_varlen(qp, kp, vp, layout):
+    """What flash_attn_varlen_func / a BlockDiagonalMask compute, sample by sample, in PyTorch."""
+    outs, q0, k0 = [], 0, 0
+    for nq, nk in zip(layout.q_seqlens, layout.kv_seqlens):
+        q, k, v = (t.transpose(0, 1)[None] for t in (qp[q0:q0 + nq], kp[k0:k0 + nk], vp[k0:k0 + nk]))
+        outs.append(ops.attention_ref(q, k, v)[0].transpose(0, 1))
+        q0, k0 = q0 + nq, k0 + nk
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("q_lengths,kv_lengths",
+                         [([7, 3, 0, 5], [9, 1, 4, 0]), (None, [9, 2, 9, 5]), (None, None)])
+def test_packed_attention_matches_padded_reference(q_lengths, kv_lengths):
+    B, H, Tq, Tk, D = 4, 2, 7, 9, 8
+    q = torch.randn(B, H, Tq, D, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, H, Tk, D, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    ql = None if q_lengths is None else torch.tensor(q_lengths)
+    kl = None if kv_lengths is None else torch.tensor(kv_lengths)
+    got = packed_attention(q, k, v, ql, kl, _per_sample_varlen)
+    want = ops.attention_ref(q, k, v, ql, kl)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_varlen_layout_drops_samples_without_work():
+    layout = varlen_layout(torch.tensor([3, 0, 2]), torch.tensor([4, 4, 0]), 3, 3, 4, torch.device("cpu"))
+    assert layout.q_seqlens == [3] and layout.kv_seqlens == [4]
+    assert layout.q_valid.sum() == 3 and layout.kv_valid.sum() == 4
+    cu_q, cu_k = layout.cu_seqlens(torch.device("cpu"))
+    assert cu_q.tolist() == [0, 3] and cu_k.tolist() == [0, 4] and cu_q.dtype == torch.int32

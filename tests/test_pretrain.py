@@ -1,0 +1,161 @@
+"""Pretraining loop: every stage runs, checkpoints load as models, resume reproduces the loss sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from easytune.checkpoint import load_checkpoint
+from easytune.cli import main
+from easytune.errors import CheckpointError, ConfigError, NonFiniteLossError
+from easytune.generation import load_generator
+from easytune.models import MDM, MLD, load_vae
+from easytune.training import pretrain as pretrain_mod
+from easytune.training.pretrain import PretrainOptions, pretrain
+
+CAPTIONS = ["a person walks forward", "someone jumps twice", "a man waves his left hand", "a person squats"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A 12-clip HumanML3D-layout dataset with random features (lengths 40..56)."""
+    root = tmp_path_factory.mktemp("motions")
+    rng = np.random.default_rng(0)
+    (root / "new_joint_vecs").mkdir()
+    (root / "texts").mkdir()
+    ids = [f"{i:06d}" for i in range(12)]
+    for i, clip in enumerate(ids):
+        feats = rng.normal(size=(40 + 4 * (i % 5), 263)).astype(np.float32)
+        np.save(root / "new_joint_vecs" / f"{clip}.npy", feats)
+        cap = CAPTIONS[i % len(CAPTIONS)]
+        (root / "texts" / f"{clip}.txt").write_text(f"{cap}#a/DET#0.0#0.0\n{cap} slowly#a/DET#0.0#0.0\n")
+    (root / "train.txt").write_text("\n".join(ids) + "\n")
+    np.save(root / "Mean.npy", np.zeros(263, dtype=np.float32))
+    np.save(root / "Std.npy", np.ones(263, dtype=np.float32))
+    return root
+
+
+def _opts(stage: str, data: Path, out: Path, **kw) -> PretrainOptions:
+    base = dict(steps=6, batch_size=4, ckpt_every=3, show_progress=False, warmup=2)
+    return PretrainOptions(stage=stage, data=data, out=out, **{**base, **kw})
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupt_at(step: int):
+    def callback(s: int, stats: dict) -> None:
+        if s == step:
+            raise _Stop
+    return callback
+
+
+def _assert_resume_reproduces(opts: PretrainOptions, tmp_path: Path) -> list[tuple[int, float]]:
+    full = pretrain(opts).losses
+    assert [s for s, _ in full] == list(range(1, 7))
+    assert all(np.isfinite(v) for _, v in full)
+    interrupted = PretrainOptions(**{**opts.__dict__, "out": tmp_path / "interrupted.pt"})
+    with pytest.raises(_Stop):
+        pretrain(interrupted, callback=_interrupt_at(5))  # dies after the step-3 checkpoint
+    assert load_checkpoint(interrupted.out)["step"] == 3
+    resumed = pretrain(PretrainOptions(**{**interrupted.__dict__, "resume": interrupted.out})).losses
+    assert resumed == full[3:], "resume must reproduce the uninterrupted loss sequence exactly"
+    return full
+
+
+def _cli(*argv: str) -> None:
+    assert main([*argv, "--no-progress"] if argv[0] == "pretrain" else list(argv)) == 0
+
+
+@pytest.fixture(scope="module")
+def vae_ckpt(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae") / "vae.pt"
+    _cli("pretrain", "vae", "--data", str(data_root), "--out", str(out), "--steps", "2", "--batch-size", "4")
+    _cli("pretrain", "vae", "--data", str(data_root), "--out", str(out), "--steps", "3", "--batch-size", "4",
+         "--resume")
+    assert load_checkpoint(out)["step"] == 3
+    return out
+
+
+@pytest.fixture(scope="module")
+def mld_ckpt(data_root, vae_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mld") / "mld.pt"
+    _cli("pretrain", "mld", "--data", str(data_root), "--out", str(out), "--vae", str(vae_ckpt),
+         "--steps", "2", "--batch-size", "4", "--ema", "0.9")
+    return out
+
+
+def test_vae_pretrain_resume_and_checkpoint(data_root, tmp_path):
+    full = _assert_resume_reproduces(_opts("vae", data_root, tmp_path / "vae.pt", ema=0.9), tmp_path)
+    ckpt = load_checkpoint(tmp_path / "vae.pt")
+    assert ckpt["config"]["kind"] == "vae" and ckpt["step"] == 6 and "ema" in ckpt
+    assert all(k.startswith("vae.") for k in ckpt["state_dict"])
+    torch.testing.assert_close(ckpt["meta"]["std"], torch.ones(263))
+    vae = load_vae(tmp_path / "vae.pt")
+    assert vae.config.latent_dim == 64
+    assert full[-1][1] < full[0][1] * 1.5
+
+
+def test_mld_pretrain_resume_and_checkpoint(data_root, vae_ckpt, tmp_path):
+    _assert_resume_reproduces(_opts("mld", data_root, tmp_path / "mld.pt", vae=vae_ckpt), tmp_path)
+    model = MLD.from_checkpoint(tmp_path / "mld.pt")
+    vae = load_vae(vae_ckpt)
+    for k, v in vae.state_dict().items():  # the VAE stays frozen
+        torch.testing.assert_close(model.vae.state_dict()[k], v, rtol=0, atol=0)
+    ckpt = load_checkpoint(tmp_path / "mld.pt")
+    assert ckpt["config"]["scheduler"]["prediction_type"] == "epsilon"
+    assert ckpt["config"]["denoiser"]["text_dim"] == 128  # the tiny preset's text encoder sentence_dim
+
+
+def test_mdm_pretrain_resume(data_root, tmp_path):
+    opts = _opts("mdm", data_root, tmp_path / "mdm.pt", preset="mdm-tiny", lr=1e-4)
+    _assert_resume_reproduces(opts, tmp_path)
+    model = MDM.from_checkpoint(tmp_path / "mdm.pt")
+    assert model.config.text_dim == 128
+
+
+def test_nan_guard_stops_without_stepping(data_root, tmp_path, monkeypatch):
+    def nan_loss(self, batch, gen):
+        return torch.tensor(float("nan"), requires_grad=True), {}
+
+    monkeypatch.setattr(pretrain_mod._Stage, "loss", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="step 1"):
+        pretrain(_opts("vae", data_root, tmp_path / "nan.pt"))
+    assert not (tmp_path / "nan.pt").exists()
+
+
+def test_option_errors(data_root, tmp_path, vae_ckpt):
+    with pytest.raises(ConfigError, match="needs --vae"):
+        pretrain(_opts("mld", data_root, tmp_path / "x.pt"))
+    with pytest.raises(ConfigError, match="is a mld preset"):
+        pretrain(_opts("mdm", data_root, tmp_path / "x.pt"))
+    with pytest.raises(ConfigError, match="fewer than --batch-size"):
+        pretrain(_opts("vae", data_root, tmp_path / "x.pt", batch_size=64))
+    with pytest.raises(ConfigError, match="already at step"):
+        pretrain(_opts("vae", data_root, tmp_path / "x.pt", steps=3, resume=vae_ckpt))
+
+
+def test_sample_cli_writes_denormalised_features_and_render(mld_ckpt, tmp_path, capsys):
+    out, png = tmp_path / "x.npy", tmp_path / "x.png"
+    _cli("sample", "--ckpt", str(mld_ckpt), "--text", "a person jumps twice", "--length", "44",
+         "--out", str(out), "--steps", "5", "--seed", "3", "--render", str(png))
+    feats = np.load(out)
+    assert feats.shape == (44, 263) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    assert png.stat().st_size > 0
+    gen = load_generator(mld_ckpt)
+    again = gen.sample(["a person jumps twice"], [44], steps=5, seed=3)[0]
+    np.testing.assert_array_equal(again, feats)
+    other = gen.sample(["a person jumps twice", "someone squats"], [44, 40], steps=5, seed=4)
+    assert [o.shape for o in other] == [(44, 263), (40, 263)]
+    torch.testing.assert_close(gen.std, torch.ones(263))  # the checkpoint's dataset statistics
+
+
+def test_sample_errors(vae_ckpt, mld_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="VAE checkpoint cannot sample"):
+        load_generator(vae_ckpt)
+    with pytest.raises(ConfigError, match="gives 256-d sentences"):
+        load_generator(mld_ckpt, text_encoder="builtin")
