@@ -192,13 +192,17 @@ def jacobian_norms(
             raise ConfigError("jacobian_norms: fn(x) does not depend on x differentiably")
         u = torch.zeros_like(y, requires_grad=True)
         (vjp_u,) = torch.autograd.grad(y, xg, u, create_graph=True)
+        if not vjp_u.requires_grad:
+            raise _twice_differentiable_error(RuntimeError("J^T u has no graph back to u"))
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
             try:
                 (out,) = torch.autograd.grad(vjp_u, u, v, retain_graph=True, allow_unused=True)
             except RuntimeError as err:
                 raise _twice_differentiable_error(err) from err
-            return torch.zeros_like(y) if out is None else out  # None: J^T u does not depend on u (J = 0)
+            if out is None:
+                raise _twice_differentiable_error(RuntimeError("J^T u has no graph back to u"))
+            return out
 
         def vjp(w: torch.Tensor) -> torch.Tensor:
             return torch.autograd.grad(y, xg, w, retain_graph=True)[0]
