@@ -57,10 +57,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Keys starting with ``prefix`` with the prefix removed (``'denoiser.'`` -> denoiser weights)."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def load_state_dict_strict(
+    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Load ``state_dict`` into ``module`` or raise ``CheckpointError`` listing every problem.
 
     The message names ``source`` (a file or key prefix) and lists missing keys, unexpected keys and
@@ -76,9 +78,15 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, tor
     )
     if missing or extra or shape:
         parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", shape)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", extra),
+            ("shape mismatches", shape),
+        ):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"{title} ({len(items)}): {shown}")
-        raise CheckpointError(f"{source}: state dict does not match {type(module).__name__}; " + "; ".join(parts))
+        raise CheckpointError(
+            f"{source}: state dict does not match {type(module).__name__}; " + "; ".join(parts)
+        )
     module.load_state_dict(state_dict, strict=True)

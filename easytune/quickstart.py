@@ -119,8 +119,10 @@ def _activation_bytes(run: Any, cfg: QuickstartConfig) -> int:
 
 
 def time_to_level(history: list[dict[str, Any]], level: float, window: int = 5) -> float | None:
-    """Training seconds until the moving average (``window`` trajectories) of the reward reaches ``level``."""
-    rewards = [h["reward"] for h in history]
+    """Training seconds until the moving average (``window`` trajectories) of the final-step reward
+    (``reward_last``: the sample's reward for DRaFT-K, the last step's one-step prediction for EasyTune,
+    the same quantity up to one DDIM step) reaches ``level``."""
+    rewards = [h["reward_last"] for h in history]
     for i in range(len(rewards)):
         lo = max(0, i - window + 1)
         if np.mean(rewards[lo : i + 1]) >= level and i + 1 >= min(window, len(rewards)):
@@ -158,10 +160,12 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
             method=method, method_options={"k": cfg.k}, base=ckpts["mld_tiny"], reward=ckpts["reward"],
             data=str(data), out=str(out / method), steps=10**6, batch_size=cfg.batch_size, lr=cfg.lr,
             warmup=cfg.warmup, num_inference_steps=cfg.inference_steps, ckpt_every=0,
-            time_budget=cfg.budget_s, seed=cfg.seed, device="cpu",
+            time_budget=cfg.budget_s, seed=cfg.seed, device="cpu", progress=False,
         )
         run = Run(ft)
         history = run.train()
+        print(f"  {len(history)} trajectories, {sum(h['updates'] for h in history):.0f} updates, "
+              f"final-step reward {history[0]['reward_last']:.3f} -> {history[-1]['reward_last']:.3f}")
         model_path = run.export()
         peak = _activation_bytes(run, cfg)
         tuned = load_generator(model_path, data=data)
@@ -173,8 +177,8 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
                          train_seconds=run.elapsed, seconds_per_update=run.elapsed / max(updates, 1),
                          activation_bytes=peak))
     # A common level both methods' curves are compared at: halfway from the start to the lower final reward.
-    start = np.mean([h["reward"] for h in runs["easytune"][1][:5]])
-    finals = [np.mean([h["reward"] for h in hist[-5:]]) for _, hist in runs.values()]
+    start = np.mean([h["reward_last"] for _, hist in runs.values() for h in hist[:5]])
+    finals = [np.mean([h["reward_last"] for h in hist[-5:]]) for _, hist in runs.values()]
     level = float(start + 0.5 * (min(finals) - start)) if min(finals) > start else float(max(finals))
     for row in rows[1:]:
         row["reward_level"] = level

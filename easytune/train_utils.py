@@ -1,4 +1,4 @@
-"""Pieces the trainer and every training loop share: seeding, EMA, warm-up + cosine LR, the NaN/inf guard, progress."""
+"""Pieces the trainer and every training loop share: seeding, EMA, warm-up + cosine LR, NaN/inf guard."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def check_finite(value: torch.Tensor, what: str, step: int) -> None:
 
 
 def warmup_cosine_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
-    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine decay to ``min_ratio`` at ``total_steps``."""
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at the end."""
 
     def fn(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
@@ -77,7 +77,9 @@ class EMA:
         self.module.load_state_dict(state)
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
+) -> Iterator[T]:
     """A tqdm progress bar when enabled (the iterable is consumed in full either way)."""
     if not enabled:
         return iter(iterable)

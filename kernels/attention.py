@@ -24,13 +24,11 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from easytune_kernels._common import INTERPRET, autotune_configs, distinct, dot_precision, mm, stride_one_last
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-
 
 def _configs() -> list[triton.Config]:
     # Motion sequences are short (40..200 frames, at most ~512): small tiles keep the grid full at
@@ -38,15 +36,17 @@ def _configs() -> list[triton.Config]:
     return autotune_configs(
         [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
          for m, n, w, s in ((32, 32, 2, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2),
-                            (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2))],
+                            (64, 64, 4, 3), (128, 64, 8, 2))],
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1),
     )
 
 
-def _prune(configs, named_args, **_):
-    """Drop tiles larger than the padded sequences (pure waste) and fp32 128-row tiles at D=128."""
-    tq, tk = named_args["TQ_BUCKET"], named_args["TK_BUCKET"]
-    big = named_args["HEAD_DIM"] == 128 and named_args["Q"].dtype == torch.float32
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Autotune pruning (Triton passes the positional arguments as ``named_args``, the keyword ones as
+    ``kwargs``): drop tiles longer than the padded sequences (pure waste) and fp32 128-row tiles at D=128."""
+    args = {**named_args, **kwargs}
+    tq, tk = args["TQ_BUCKET"], args["TK_BUCKET"]
+    big = args["HEAD_DIM"] == 128 and args["Q"].dtype == torch.float32
     kept = [c for c in configs
             if c.kwargs["BLOCK_M"] <= max(tq, 32) and c.kwargs["BLOCK_N"] <= max(tk, 32)
             and not (big and c.kwargs["BLOCK_M"] == 128)]

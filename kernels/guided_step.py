@@ -18,9 +18,9 @@ Formulas: ``easytune.ops.guided_step`` (the reference, diffusers' DDIM step).
 import torch
 import triton
 import triton.language as tl
+
 from easytune_kernels._common import autotune_configs, distinct
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 
 

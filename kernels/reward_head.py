@@ -14,15 +14,15 @@ and never uses the rounded cosine.
 import torch
 import triton
 import triton.language as tl
+
 from easytune_kernels._common import distinct, stride_one_last
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-
-def _blocks(batch: int, dim: int) -> tuple[int, int]:
-    """(rows per program, columns per chunk): about 4096 elements of each input per chunk."""
+def _blocks(batch: int, dim: int) -> dict[str, int]:
+    """Launch meta-parameters: up to 4096 elements of each input per chunk (rows x columns)."""
     block_d = min(triton.next_power_of_2(max(dim, 1)), 4096)
-    return max(1, min(4096 // block_d, triton.next_power_of_2(batch))), block_d
+    block_b = max(1, min(4096 // block_d, triton.next_power_of_2(batch)))
+    return dict(BLOCK_B=block_b, BLOCK_D=block_d, num_warps=8 if block_b * block_d >= 4096 else 4)
 
 
 @triton.jit
@@ -86,9 +86,9 @@ def reward_head_fwd(
     if B == 0:
         return cos, stats
     motion, text = stride_one_last(motion), stride_one_last(text)
-    block_b, block_d = _blocks(B, D)
-    _fwd_kernel[(triton.cdiv(B, block_b),)](motion, text, cos, stats, B, D, motion.stride(0), text.stride(0),
-                                            float(eps), BLOCK_B=block_b, BLOCK_D=block_d)
+    meta = _blocks(B, D)
+    _fwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](motion, text, cos, stats, B, D, motion.stride(0),
+                                                    text.stride(0), float(eps), **meta)
     return cos, stats
 
 
@@ -109,10 +109,10 @@ def reward_head_bwd(
     if B == 0:
         return dm, dt
     motion, text, grad = stride_one_last(motion), stride_one_last(text), grad.contiguous()
-    block_b, block_d = _blocks(B, D)
-    _bwd_kernel[(triton.cdiv(B, block_b),)](grad, motion, text, stats, dm, dt, B, D,
-                                            motion.stride(0), text.stride(0), dm.stride(0), dt.stride(0),
-                                            float(eps), BLOCK_B=block_b, BLOCK_D=block_d)
+    meta = _blocks(B, D)
+    _bwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](grad, motion, text, stats, dm, dt, B, D, motion.stride(0),
+                                                    text.stride(0), dm.stride(0), dt.stride(0), float(eps),
+                                                    **meta)
     return dm, dt
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Must be set before any @triton.jit module is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Without a GPU the Triton kernels run in the CPU interpreter; must be set before any @triton.jit
+# module is imported (none is imported by easytune at import time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "humanml3d_sample"
 

@@ -116,7 +116,8 @@ def test_lora_and_regularisation_train_only_adapters(assets, tmp_path):
 def test_two_process_gloo_run_keeps_ranks_in_sync(assets, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "easytune.cli", "finetune", "--method", "easytune", "--k", "2", "--base", str(assets["base"]),
+           "-m", "easytune.cli", "finetune", "--method", "easytune", "--k", "2",
+           "--base", str(assets["base"]),
            "--reward", str(assets["reward"]), "--data", str(assets["data"]), "--out", str(out),
            "--steps", "2", "--batch-size", "2", "--inference-steps", "4", "--lr", "1e-3", "--warmup", "1",
            "--device", "cpu", "--no-progress"]

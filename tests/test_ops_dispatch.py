@@ -135,3 +135,16 @@ def test_varlen_layout_drops_samples_without_work():
     assert layout.q_valid.sum() == 3 and layout.kv_valid.sum() == 4
     cu_q, cu_k = layout.cu_seqlens(torch.device("cpu"))
     assert cu_q.tolist() == [0, 3] and cu_k.tolist() == [0, 4] and cu_q.dtype == torch.int32
+
+
+def test_lengths_range_is_checked_again_after_an_in_place_change():
+    q, k, v = _qkv().values()
+    lengths = torch.tensor([5, 2])
+    ops.attention(q, k, v, kv_lengths=lengths, backend="math")
+    lengths[1] = 6
+    with pytest.raises(ConfigError, match=r"kv_lengths must lie in \[0, 5\], got \[5, 6\]"):
+        ops.attention(q, k, v, kv_lengths=lengths, backend="math")
+    full = torch.tensor([5, 5])
+    ops.attention(q, k, v, q_lengths=full, backend="math")
+    with pytest.raises(ConfigError, match=r"q_lengths must lie in \[0, 4\]"):  # checked against the new T
+        ops.attention(q[:, :, :4], k, v, q_lengths=full, backend="math")

@@ -10,6 +10,7 @@ Padding therefore never changes the output on valid frames.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -130,8 +131,24 @@ def _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p):
         if lengths.shape != (q.shape[0],) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise ConfigError(f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
                               f"got {lengths.dtype} {tuple(lengths.shape)}")
-        if not torch.compiler.is_compiling() and ((lengths < 0) | (lengths > size)).any():
-            raise ConfigError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
+        if not torch.compiler.is_compiling() and not _in_range_before(lengths, size):
+            if ((lengths < 0) | (lengths > size)).any():  # a device sync when lengths live on the GPU
+                raise ConfigError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
+            _IN_RANGE[id(lengths)] = (weakref.ref(lengths), lengths._version, size)
+
+
+# Lengths tensors already found within [0, size]: a model passes one lengths tensor to all its layers,
+# so the range check (a device sync for CUDA lengths) runs once per tensor, not once per layer.
+_IN_RANGE: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _in_range_before(lengths: torch.Tensor, size: int) -> bool:
+    entry = _IN_RANGE.get(id(lengths))
+    if entry is not None and entry[0]() is lengths and entry[1] == lengths._version and entry[2] <= size:
+        return True
+    if len(_IN_RANGE) > 256:
+        _IN_RANGE.clear()
+    return False
 
 
 def attention(

@@ -1,0 +1,29 @@
+"""``easytune export``: an inference-only copy of an MLD / MDM training checkpoint.
+
+Keeps the model weights (the EMA weights when the checkpoint has them), the config and the metadata
+(dataset Mean/Std); drops optimizer, LR-scheduler and RNG state. The result loads with
+`easytune sample`, `easytune finetune --base` and `easytune.generation.load_generator`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("export", help="inference-only copy of an MLD / MDM checkpoint",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt", help="training checkpoint (from `easytune pretrain` or `easytune finetune`)")
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA ones exist")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from easytune.generation import load_generator
+
+    gen = load_generator(args.ckpt, use_ema=not args.no_ema)
+    path = gen.save(args.out, gen.trainable.state_dict())
+    print(f"wrote {path} ({gen.kind}, {sum(p.numel() for p in gen.model.parameters()):,} parameters)")
+    return 0
