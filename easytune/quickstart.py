@@ -46,7 +46,7 @@ class QuickstartConfig:
     lr: float = 2e-4
     warmup: int = 10
     inference_steps: int = 50
-    eval_replications: int = 2
+    eval_replications: int = 1
     seed: int = 0
     gif_prompts: int = 3
     base: str = "default"

@@ -15,15 +15,19 @@ trap 'rm -rf "$WORK"' EXIT
 [ -f "$DATA/Mean.npy" ] || $EASYTUNE data synth --out "$DATA" --clips 600 --seed 0
 $EASYTUNE data check "$DATA" -q
 
-# 1. Motion VAE, then the latent denoiser on its frozen latents (preset `tiny`).
-$EASYTUNE pretrain vae --data "$DATA" --preset tiny --out "$WORK/vae.pt" --seed 0 --no-progress
-$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --ema 0.999 \
-    --out "$WORK/mld_tiny.pt" --seed 0 --no-progress
-# 2. Reward model: stage 1 (retrieval + reconstruction, noise-aware M1T0), then SPL self-refinement.
-$EASYTUNE reward train --data "$DATA" --preset tiny --mode M1T0 --out "$WORK/reward_stage1.pt" --seed 0
-$EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --out "$WORK/reward.pt" --seed 0
+# 1. Motion VAE, then the latent denoiser on its frozen latents (preset `tiny`), exported without
+#    optimizer state.
+$EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 1200 --batch-size 16 --lr 5e-4 \
+    --out "$WORK/vae.pt" --seed 0 --no-progress
+$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 1500 --batch-size 32 \
+    --lr 5e-4 --out "$WORK/mld_train.pt" --seed 0 --no-progress
+$EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt"
+# 2. Reward model: stage 1 (retrieval + reconstruction), then SPL self-refinement (lr 1e-5, top-10).
+$EASYTUNE reward train --data "$DATA" --preset tiny --steps 300 --lr 5e-4 --sample-scale 1.0 \
+    --out "$WORK/reward_stage1.pt" --seed 0
+$EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --steps 150 --out "$WORK/reward.pt" --seed 0
 # 3. The independent evaluator (different architecture and training from the reward model).
-$EASYTUNE evaluator train --data "$DATA" --preset tiny --out "$WORK/evaluator.pt" --seed 0
+$EASYTUNE evaluator train --data "$DATA" --preset tiny --steps 500 --lr 5e-4 --out "$WORK/evaluator.pt" --seed 0
 
 for name in mld_tiny reward evaluator; do cp "$WORK/$name.pt" "$OUT/$name.pt"; done
 echo "wrote $OUT/mld_tiny.pt $OUT/reward.pt $OUT/evaluator.pt"
