@@ -96,7 +96,7 @@ def test_vae_pretrain_resume_and_checkpoint(data_root, tmp_path):
     assert all(k.startswith("vae.") for k in ckpt["state_dict"])
     torch.testing.assert_close(ckpt["meta"]["std"], torch.ones(263))
     vae = load_vae(tmp_path / "vae.pt")
-    assert vae.config.latent_dim == 64
+    assert (vae.config.latent_size, vae.config.latent_dim) == (8, 16)
     assert full[-1][1] < full[0][1] * 1.5
 
 
@@ -155,7 +155,7 @@ def test_sample_cli_writes_denormalised_features_and_render(mld_ckpt, tmp_path, 
 
 
 def test_sample_errors(vae_ckpt, mld_ckpt, tmp_path):
-    with pytest.raises(CheckpointError, match="VAE checkpoint cannot sample"):
+    with pytest.raises(CheckpointError, match="'vae' checkpoint cannot sample"):
         load_generator(vae_ckpt)
     with pytest.raises(ConfigError, match="gives 256-d sentences"):
         load_generator(mld_ckpt, text_encoder="builtin")

@@ -17,10 +17,10 @@ $EASYTUNE data check "$DATA" -q
 
 # 1. Motion VAE, then the latent denoiser on its frozen latents (preset `tiny`), exported without
 #    optimizer state.
-$EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 1200 --batch-size 16 --lr 5e-4 \
+$EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 600 --batch-size 16 --lr 5e-4 --warmup 50 \
     --out "$WORK/vae.pt" --seed 0 --no-progress
-$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 1500 --batch-size 32 \
-    --lr 5e-4 --out "$WORK/mld_train.pt" --seed 0 --no-progress
+$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 1000 --batch-size 32 \
+    --lr 5e-4 --warmup 50 --out "$WORK/mld_train.pt" --seed 0 --no-progress
 $EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt"
 # 2. Reward model: stage 1 (retrieval + reconstruction), then SPL self-refinement (lr 1e-5, top-10).
 $EASYTUNE reward train --data "$DATA" --preset tiny --steps 300 --lr 5e-4 --sample-scale 1.0 \

@@ -38,12 +38,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "kind": "mld", "text_encoder": "builtin:token_dim=64,sentence_dim=128", "scheduler": MLD_SCHEDULER,
         "guidance_scale": 7.5,
-        "vae": {"nfeats": 263, "latent_size": 1, "latent_dim": 64, "ff_size": 256, "num_layers": 3,
-                "num_heads": 4, "dropout": 0.0},
-        "denoiser": {"latent_size": 1, "latent_dim": 64, "hidden_dim": 128, "time_dim": 128, "ff_size": 256,
+        "vae": {"nfeats": 263, "latent_size": 8, "latent_dim": 16, "hidden_dim": 64, "ff_size": 256,
+                "num_layers": 3, "num_heads": 4, "dropout": 0.0},
+        "denoiser": {"latent_size": 8, "latent_dim": 16, "hidden_dim": 128, "time_dim": 128, "ff_size": 256,
                      "num_layers": 5, "num_heads": 4, "dropout": 0.1, "text_act": "relu"},
-        "train": {"vae": {"steps": 1200, "batch_size": 16, "lr": 5e-4, "warmup": 100},
-                  "mld": {"steps": 3000, "batch_size": 64, "lr": 5e-4, "warmup": 100}},
+        "train": {"vae": {"steps": 600, "batch_size": 16, "lr": 5e-4, "warmup": 50},
+                  "mld": {"steps": 1000, "batch_size": 32, "lr": 5e-4, "warmup": 50}},
     },
     "mdm": {
         "kind": "mdm", "text_encoder": "builtin", "scheduler": MDM_SCHEDULER, "guidance_scale": 2.5,

@@ -169,6 +169,13 @@ class RewardModel(nn.Module):
         self.text_embedding = nn.Linear(config.text_dim, d)
         self.final_layer = nn.Linear(d, config.nfeats)
         self.time_embedding = TimestepEmbedding(config.time_channels, d, "silu")
+        # Small initial positions and distribution tokens (the reference draws them from U(0, 1) and
+        # N(0, 1)): large constant inputs swamp the frame / caption embeddings, every latent starts at the
+        # same point and a short CPU run learns no retrieval at all.
+        for table in (self.query_motion_pos_encoder, self.query_text_pos_encoder, self.query_pos_decoder):
+            nn.init.normal_(table.pe, std=0.02)
+        nn.init.normal_(self.global_motion_token, std=0.02)
+        nn.init.normal_(self.global_text_token, std=0.02)
         self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.text_cache_size = 65536
 

@@ -39,6 +39,8 @@ from easytune.train_utils import EMA, check_finite, progress, seed_everything, w
 log = logging.getLogger("easytune.pretrain")
 
 STAGES = ("vae", "mld", "mdm")
+# Options that default to the preset's ``train[stage]`` values and are recorded in ``meta["train"]``.
+TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema")
 
 
 @dataclass
@@ -190,6 +192,7 @@ class _Stage:
             self.model.vae.eval()
 
     def loss(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of ``batch`` and its parts as floats."""
         feats = batch["motion"].to(self.device)
         lengths = batch["lengths"].to(self.device)
         mask = batch["mask"].to(self.device)
@@ -302,8 +305,7 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
             config["vae"] = vae_cfg
             config["denoiser"].update(latent_size=vae_cfg["latent_size"], latent_dim=vae_cfg["latent_dim"])
             _check_normalisation(vae_meta, dataset, opts.vae)
-        train = {**train, **{k: getattr(opts, k) for k in ("steps", "batch_size", "lr", "warmup", "ema")
-                             if getattr(opts, k) is not None}}
+        train = {**train, **{k: getattr(opts, k) for k in TRAIN_KEYS if getattr(opts, k) is not None}}
         train.setdefault("ema", None)
     steps = opts.steps or train["steps"]
 
