@@ -43,7 +43,7 @@ class QuickstartConfig:
     budget_s: float = 180.0
     k: int = 10
     batch_size: int = 8
-    lr: float = 2e-4
+    lr: float = 2e-5
     warmup: int = 10
     inference_steps: int = 50
     eval_replications: int = 1

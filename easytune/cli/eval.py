@@ -34,6 +34,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--text-encoder", default=None, help="the model's text encoder spec (default: its checkpoint's)"
     )
+    p.add_argument(
+        "--model-data",
+        default=None,
+        help="dataset whose Mean/Std the model was trained with (default: the checkpoint's statistics)",
+    )
     p.add_argument("--name", default=None, help="row label (default: the checkpoint file name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -41,23 +46,14 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from easytune.cli.sample import generate, load_generator
-    from easytune.data.humanml import normalize
+    from easytune.generation import load_generator
     from easytune.models.evaluator import MotionTextEvaluator
-    from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table
+    from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table, generator_fn
     from easytune.training.reward import load_split
 
     dataset = load_split(args.data, args.split, caption_mode="first", crop="floor")
     evaluator = MotionTextEvaluator.from_checkpoint(args.evaluator).to(args.device)
-    gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.data, device=args.device)
-    mean, std = torch.as_tensor(dataset.mean), torch.as_tensor(dataset.std)
-
-    def generate_fn(captions: list[str], lengths: list[int], seed: int) -> list[torch.Tensor]:
-        feats = generate(gen, captions, lengths, steps=args.steps, guidance_scale=args.guidance, seed=seed)
-        return [normalize(torch.from_numpy(f), mean, std) for f in feats]  # the evaluator's input space
-
+    gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.model_data, device=args.device)
     sizes = EvalSizes(
         replications=args.replications,
         group_size=args.group_size,
@@ -65,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         mm_prompts=args.mm_prompts,
         mm_repeats=args.mm_repeats,
     )
+    generate_fn = generator_fn(gen, dataset, steps=args.steps, guidance_scale=args.guidance)
     result = evaluate_generation(
         generate_fn, evaluator, dataset, sizes, batch_size=args.batch_size, seed=args.seed
     )
@@ -78,16 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(result, name))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    **result,
-                    "ckpt": str(args.ckpt),
-                    "evaluator": str(args.evaluator),
-                    "data": str(args.data),
-                    "steps": args.steps,
-                },
-                indent=2,
-            )
-        )
+        extra = {
+            "ckpt": str(args.ckpt),
+            "evaluator": str(args.evaluator),
+            "data": str(args.data),
+            "steps": args.steps,
+        }
+        Path(args.json).write_text(json.dumps({**result, **extra}, indent=2))
     return 0

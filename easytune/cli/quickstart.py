@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--budget-s", type=float, default=180.0, help="training seconds per method")
     p.add_argument("--k", type=int, default=10, help="K of EasyTune and of DRaFT-K")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--eval-replications", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from-scratch", action="store_true",

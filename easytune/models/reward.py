@@ -294,15 +294,14 @@ class RewardModel(nn.Module):
         t = self._time(self.config.text_time, timestep, len(captions), device)
         keys = [(c, None if t is None else int(t[i]), str(device)) for i, c in enumerate(captions)]
         todo = sorted({k for k in keys if k not in self._text_cache}, key=str)
-        if todo:
-            emb = self.embed_captions([k[0] for k in todo], device=device)
-            tt = None if t is None else torch.tensor([k[1] for k in todo], device=device)
+        for k in todo:  # one caption at a time: a cached latent never depends on its batch-mates
+            emb = self.embed_captions([k[0]], device=device)
+            tt = None if t is None else torch.tensor([k[1]], device=device)
             with torch.no_grad():
                 mu, _ = self.encode_text_tokens(emb.tokens.to(device), emb.mask.to(device), tt)
-            for k, m in zip(todo, mu):
-                self._text_cache[k] = m
-                if len(self._text_cache) > self.text_cache_size:
-                    self._text_cache.popitem(last=False)
+            self._text_cache[k] = mu[0]
+            if len(self._text_cache) > self.text_cache_size:
+                self._text_cache.popitem(last=False)
         return torch.stack([self._text_cache[k] for k in keys])
 
     def reward(

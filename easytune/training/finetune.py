@@ -298,7 +298,10 @@ class Run:
         """Run to ``cfg.steps`` trajectories or ``cfg.time_budget`` seconds of training (eval excluded)."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        metrics = (self.out / "metrics.jsonl").open("a" if cfg.resume else "w")
+        # Rewritten from the checkpointed history: lines logged after the last checkpoint of a killed run go.
+        metrics = (self.out / "metrics.jsonl").open("w")
+        if self.info.is_main:
+            metrics.writelines(json.dumps(row) + "\n" for row in self.history)
         tb = _tensorboard(self.out) if self.info.is_main else None
         steps = progress(
             range(self.step, cfg.steps),
