@@ -12,6 +12,22 @@ import torch
 
 from easytune.errors import CheckpointError
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def resolve_checkpoint(path: str | os.PathLike, asset: str, what: str) -> Path:
+    """``ASSETS / asset`` (an embedded default) for the string ``"default"``, else ``path``.
+
+    Raises ``CheckpointError`` naming ``what`` when the embedded default is missing.
+    """
+    if str(path) != "default":
+        return Path(path)
+    default = ASSETS / asset
+    if not default.is_file():
+        raise CheckpointError(f"{default}: the embedded default {what} is missing; rebuild it with "
+                              "easytune/assets/build_assets.sh or pass a checkpoint path")
+    return default
+
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.

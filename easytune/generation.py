@@ -21,24 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from easytune.checkpoint import load_checkpoint, save_atomic
+from easytune.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL = ASSETS / "mld_tiny.pt"
 MAX_FRAMES = 196  # HumanML3D's longest training crop; MDM samples are padded to it
-
-
-def resolve_checkpoint(path: str | os.PathLike, default: Path, what: str) -> Path:
-    """``default`` for the string ``"default"`` (the embedded asset), else ``path``; errors name ``what``."""
-    if str(path) == "default":
-        if not default.is_file():
-            raise CheckpointError(
-                f"{default}: the embedded default {what} is missing; rebuild it with "
-                "scripts/build_assets.sh or pass a checkpoint path"
-            )
-        return default
-    return Path(path)
 
 
 @dataclass
@@ -188,7 +174,7 @@ def load_generator(
     from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
     from easytune.text import build_text_encoder
 
-    path = resolve_checkpoint(ckpt, DEFAULT_MODEL, "MLD model")
+    path = resolve_checkpoint(ckpt, "mld_tiny.pt", "MLD model")
     raw = load_checkpoint(path)
     config = dict(raw.get("config") or {})
     state = raw.get("state_dict", raw)

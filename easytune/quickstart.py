@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from easytune.checkpoint import ASSETS
 from easytune.errors import ConfigError
-from easytune.generation import ASSETS, Generator, load_generator
+from easytune.generation import Generator, load_generator
 
 log = logging.getLogger("easytune.quickstart")
 

@@ -27,10 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
+from easytune.checkpoint import load_checkpoint, load_state_dict_strict, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "evaluator.pt"
 
 
 @dataclass(frozen=True)
@@ -210,12 +208,7 @@ class MotionTextEvaluator(nn.Module):
     ) -> MotionTextEvaluator:
         """Load an easytune evaluator checkpoint, frozen (``"default"``: the embedded
         ``easytune/assets/evaluator.pt``)."""
-        path = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
-        if path == DEFAULT_CHECKPOINT and not path.is_file():
-            raise CheckpointError(
-                f"{path}: the embedded default evaluator is not built yet "
-                "(scripts/build_assets.sh builds it); pass a checkpoint path instead"
-            )
+        path = resolve_checkpoint(path, "evaluator.pt", "evaluator")
         ckpt = load_checkpoint(path, map_location)
         if "config" not in ckpt or not isinstance(ckpt.get("state_dict"), dict):
             raise CheckpointError(

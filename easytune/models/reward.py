@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from easytune import ops
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
+from easytune.checkpoint import load_checkpoint, load_state_dict_strict, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import (
     LearnedPositionalEncoding,
@@ -41,7 +41,6 @@ from easytune.models.layers import (
 log = logging.getLogger(__name__)
 
 MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "reward.pt"
 
 
 @dataclass(frozen=True)
@@ -399,12 +398,7 @@ class RewardModel(nn.Module):
         reference does: ``M1T0`` in the name, else ``M0T0``) and the text encoder defaults to
         sentence-T5-large (pass ``text_encoder`` to use a local copy). Frozen unless ``freeze=False``.
         """
-        path = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
-        if path == DEFAULT_CHECKPOINT and not path.is_file():
-            raise CheckpointError(
-                f"{path}: the embedded default reward model is not built yet "
-                "(scripts/build_assets.sh builds it); pass a checkpoint path instead"
-            )
+        path = resolve_checkpoint(path, "reward.pt", "reward model")
         ckpt = load_checkpoint(path, map_location)
         sd = ckpt.get("state_dict")
         if not isinstance(sd, dict):
