@@ -14,7 +14,13 @@ from easytune.data.humanml import MotionDataset
 from easytune.models import MLD, get_preset, model_config
 from easytune.models.evaluator import build_evaluator
 from easytune.text import build_text_encoder
-from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table
+from easytune.training.evaluate import (
+    EvalSizes,
+    evaluate_generation,
+    format_table,
+    generator_fn,
+    periodic_evaluator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,8 @@ def _random_mld(path):
     config = model_config(preset, text_dim=16)
     torch.manual_seed(0)
     model = MLD.from_config(config)
-    torch.save({"state_dict": model.state_dict(), "config": config, "meta": {}}, path)
+    meta = {"mean": [0.5] * 263, "std": [2.0] * 263}  # the model's own normalisation (data: 0 / 1)
+    torch.save({"state_dict": model.state_dict(), "config": config, "meta": meta}, path)
 
 
 def test_cli_evaluator_and_eval(tmp_path, data_dir, capsys):
@@ -148,3 +155,30 @@ def test_cli_evaluator_and_eval(tmp_path, data_dir, capsys):
     assert "note: small test split" in out and "ground truth" in out and "mld" in out
     result = json.loads(js.read_text())
     assert result["generated"]["R@1"]["n"] == 2 and result["sizes"]["diversity_pairs"] == 12
+
+
+class FakeGenerator:
+    """``easytune.generation.Generator``'s sampling interface: constant motions in its own normalisation."""
+
+    device = torch.device("cpu")
+    mean, std = torch.full((263,), 0.5), torch.full((263,), 2.0)
+
+    def sample_normalised(self, captions, lengths, *, steps, guidance_scale, seed):
+        return torch.ones(len(captions), max(lengths), 263)
+
+
+def test_generator_fn_renormalises_and_periodic_evaluator(tmp_path, data_dir, evaluator):
+    class Stats:
+        mean, std = torch.full((263,), 1.0), torch.full((263,), 4.0)
+
+    out = generator_fn(FakeGenerator(), Stats(), steps=2)(["a", "b"], [5, 3], 0)
+    assert [o.shape for o in out] == [(5, 263), (3, 263)]
+    torch.testing.assert_close(out[1], torch.full((3, 263), (1 * 2.0 + 0.5 - 1.0) / 4.0))
+    evaluator.save(tmp_path / "ev.pt")
+    fn = periodic_evaluator(str(tmp_path / "ev.pt"), str(data_dir), samples=10, steps=2)
+    # the evaluator checkpoint rebuilds its text encoder from the spec it stores
+    row = fn(FakeGenerator(), 3)
+    assert set(row) == {"R@1", "R@2", "R@3", "FID", "MM-Dist", "Diversity"}
+    assert (
+        row["Diversity"] < 0.05
+    )  # the same motion every time (only the lengths differ): next to no diversity

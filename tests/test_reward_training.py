@@ -18,6 +18,7 @@ from easytune.models.reward import RewardModel, build_reward_model
 from easytune.text import build_text_encoder
 from easytune.training.reward import (
     RewardTrainConfig,
+    epoch_batches,
     filtered_info_nce,
     gaussian_kl,
     noise_augment,
@@ -143,6 +144,24 @@ def test_seeded_batches_resume_mid_epoch(data_dir):
         next(seeded_batches(ds, 100, 0, 0, collate_motion))
 
 
+def test_epoch_batches_length_buckets():
+    lengths = np.random.default_rng(0).integers(40, 200, size=100)
+    plain = epoch_batches(100, 8, 1, 0)
+    bucketed = epoch_batches(100, 8, 1, 0, lengths, bucket_pool=4)
+    assert bucketed == epoch_batches(100, 8, 1, 0, lengths, bucket_pool=4)  # seeded
+    for batches in (plain, bucketed):
+        flat = sum(batches, [])
+        assert len(batches) == 12 and all(len(b) == 8 for b in batches) and len(set(flat)) == 96
+    # same items per pool of 4 batches, only regrouped: the padding (max length per batch) shrinks
+    assert sorted(sum(plain, [])) == sorted(sum(bucketed, []))
+
+    def padded(batches):
+        return sum(8 * lengths[b].max() for b in batches)
+
+    assert padded(bucketed) < 0.85 * padded(plain)
+    assert epoch_batches(100, 8, 1, 1) != plain  # a new permutation per epoch
+
+
 def _tiny(text_encoder, mode="M1T0"):
     torch.manual_seed(0)
     return build_reward_model(
@@ -197,6 +216,7 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     common = ["--data", str(data_dir), "--batch-size", "6", "--steps", "2", "--log-every", "1"]
     assert main(["reward", "train", "--out", str(s1), "--mode", "M1T0", "--noise-prob", "0.5", *common]) == 0
     assert main(["reward", "refine", "--init", str(s1), "--out", str(s2), *common]) == 0
+    assert torch.load(s1, weights_only=True)["meta"]["train_config"]["lr"] == 5e-4  # tiny preset default
     meta = torch.load(s2, weights_only=True)["meta"]
     assert meta["stage"] == "spl" and meta["train_config"]["noise_prob"] == 0.5
     assert meta["train_config"]["lr"] == 1e-5 and meta["train_config"]["spl_weight"] == 1e-2
@@ -221,4 +241,4 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     assert result["grouped"]["group_size"] == 12 and result["full"]["n"] == 12  # 12 test pairs < 32
     assert set(result["grouped"]["t2m"]) == {"R@1", "R@2", "R@3", "R@5", "R@10", "MedR"}
     assert "groups of 12" in capsys.readouterr().out
-    assert main(["reward", "refine", "--init", str(s1), "--out", str(s2), "--spl-weight", "0", *common]) == 2
+    assert main(["reward", "refine", "--init", str(s1), "--out", str(s2), "--spl-weight", "-1", *common]) == 2

@@ -27,7 +27,7 @@ $EASYTUNE reward train --data "$DATA" --preset tiny --steps 300 --lr 5e-4 --samp
     --out "$WORK/reward_stage1.pt" --seed 0
 $EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --steps 150 --out "$WORK/reward.pt" --seed 0
 # 3. The independent evaluator (different architecture and training from the reward model).
-$EASYTUNE evaluator train --data "$DATA" --preset tiny --steps 500 --lr 5e-4 --out "$WORK/evaluator.pt" --seed 0
+$EASYTUNE evaluator train --data "$DATA" --preset tiny --steps 1000 --lr 5e-4 --out "$WORK/evaluator.pt" --seed 0
 
 for name in mld_tiny reward evaluator; do cp "$WORK/$name.pt" "$OUT/$name.pt"; done
 echo "wrote $OUT/mld_tiny.pt $OUT/reward.pt $OUT/evaluator.pt"

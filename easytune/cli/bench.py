@@ -80,6 +80,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("--steps", type=int, default=50)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint", default=None, help="MLD checkpoint to start from (default: fresh)")
+    t.add_argument("--reward-checkpoint", default=None, help="reward model checkpoint or 'default'")
     t.add_argument("--json", required=True)
     t.set_defaults(func=_time_to_reward)
 
@@ -187,6 +189,8 @@ def _time_to_reward(args: argparse.Namespace) -> int:
         steps=args.steps,
         lr=args.lr,
         seed=args.seed,
+        checkpoint=args.checkpoint,
+        reward_checkpoint=args.reward_checkpoint,
         log=lambda s: print(s, file=sys.stderr),
     )
     _write(args.json, rows, args.device, vars_config(args))

@@ -17,9 +17,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--out", required=True, help="checkpoint to write")
     train.add_argument("--preset", default="tiny", choices=("tiny", "t2m"))
     train.add_argument("--text-encoder", default=None, help="text encoder spec (default: the preset's)")
-    train.add_argument("--steps", type=int, default=1500)
+    train.add_argument("--steps", type=int, default=None, help="the preset's default (tiny 1000, t2m 20000)")
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--lr", type=float, default=None, help="the preset's default (tiny 5e-4, t2m 1e-4)")
     train.add_argument("--margin", type=float, default=10.0)
     train.add_argument(
         "--bucket-pool", type=int, default=8, help="length-bucketed batches (0: plain random batches)"
@@ -41,14 +41,15 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from easytune.training.evaluator import EvaluatorTrainConfig, train_evaluator
+    from easytune.training.evaluator import EVALUATOR_DEFAULTS, EvaluatorTrainConfig, train_evaluator
 
+    defaults = EVALUATOR_DEFAULTS[args.preset]
     cfg = EvaluatorTrainConfig(
         preset=args.preset,
         text_encoder=args.text_encoder,
-        steps=args.steps,
+        steps=defaults["steps"] if args.steps is None else args.steps,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=defaults["lr"] if args.lr is None else args.lr,
         margin=args.margin,
         bucket_pool=args.bucket_pool,
         seed=args.seed,

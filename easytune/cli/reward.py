@@ -13,9 +13,16 @@ MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (HumanML3D layout)")
     p.add_argument("--out", required=True, help="checkpoint to write (atomically, also during training)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (train: 1500, refine: 300)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (train: 1e-4, refine: 1e-5)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (train: tiny 300, paper 180000; refine: 150)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="train: the preset's (tiny 32, paper 64)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="AdamW learning rate (train: tiny 5e-4, paper 1e-4; refine: 1e-5)",
+    )
     p.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (default: none)")
     p.add_argument(
         "--noise-prob",
@@ -29,6 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         help="batch items of similar length from pools of this many batches (0: plain random batches)",
+    )
+    p.add_argument(
+        "--sample-scale",
+        type=float,
+        default=None,
+        help="training latents mu + s * sigma * eps (train: 1 as the reference; refine: the init's value)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue --out if it exists")
@@ -57,7 +70,12 @@ def register(subparsers: Any) -> None:
     refine = sub.add_parser("refine", help="stage 2: SPL self-refinement preference learning")
     refine.add_argument("--init", required=True, help="stage-1 checkpoint")
     _common(refine)
-    refine.add_argument("--spl-weight", type=float, default=1e-2)
+    refine.add_argument(
+        "--spl-weight",
+        type=float,
+        default=1e-2,
+        help="weight of the SPL term (0: plain continuation, the control)",
+    )
     refine.add_argument("--spl-topk", type=int, default=10)
     refine.add_argument(
         "--spl-high-sim",
@@ -97,10 +115,11 @@ def _config(args: argparse.Namespace, **fixed: Any):
     from easytune.training.reward import RewardTrainConfig
 
     given = {
-        k: getattr(args, k) for k in ("steps", "lr", "noise_prob", "max_t") if getattr(args, k) is not None
+        k: getattr(args, k)
+        for k in ("steps", "lr", "batch_size", "noise_prob", "max_t", "sample_scale")
+        if getattr(args, k) is not None
     }
     return RewardTrainConfig(
-        batch_size=args.batch_size,
         bucket_pool=args.bucket_pool,
         max_grad_norm=args.max_grad_norm,
         seed=args.seed,
@@ -110,9 +129,15 @@ def _config(args: argparse.Namespace, **fixed: Any):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from easytune.training.reward import train_stage1
+    from easytune.training.reward import STAGE1_DEFAULTS, train_stage1
 
-    cfg = _config(args, preset=args.preset, mode=args.mode, text_encoder=args.text_encoder)
+    cfg = _config(
+        args,
+        **STAGE1_DEFAULTS[args.preset],
+        preset=args.preset,
+        mode=args.mode,
+        text_encoder=args.text_encoder,
+    )
     train_stage1(args.data, args.out, cfg, resume=args.resume, device=args.device)
     print(f"wrote {args.out}")
     return 0
@@ -123,10 +148,11 @@ def _refine(args: argparse.Namespace) -> int:
     from easytune.training.reward import refine_spl
 
     init_cfg = load_checkpoint(args.init).get("meta", {}).get("train_config", {})
-    inherited = {k: init_cfg[k] for k in ("noise_prob", "max_t", "preset") if k in init_cfg}
+    keep = ("noise_prob", "max_t", "sample_scale", "preset", "batch_size")
+    inherited = {k: init_cfg[k] for k in keep if k in init_cfg}
     cfg = _config(
         args,
-        **{"steps": 300, "lr": 1e-5, **inherited},
+        **{"steps": 150, "lr": 1e-5, **inherited},
         spl_weight=args.spl_weight,
         spl_topk=args.spl_topk,
         spl_high_sim=args.spl_high_sim,

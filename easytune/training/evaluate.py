@@ -169,6 +169,53 @@ def _multimodality(
     return metrics.multimodality(emb, pairs=sizes.mm_pairs, seed=seed)
 
 
+def generator_fn(
+    gen: Any, dataset: Any, *, steps: int = 50, guidance_scale: float | None = None
+) -> GenerateFn:
+    """A ``GenerateFn`` from an ``easytune.generation.Generator``: DDIM samples in the model's own
+    normalisation (``gen.mean`` / ``gen.std``), re-normalised with ``dataset.mean`` / ``dataset.std`` (what
+    the evaluator reads)."""
+    from easytune.data.humanml import denormalize, normalize
+
+    def generate(captions: list[str], lengths: list[int], seed: int) -> list[torch.Tensor]:
+        feats = gen.sample_normalised(
+            captions, lengths, steps=steps, guidance_scale=guidance_scale, seed=seed
+        )
+        feats = denormalize(feats.float().cpu(), gen.mean, gen.std)
+        return [normalize(f[:n], dataset.mean, dataset.std) for f, n in zip(feats, lengths)]
+
+    return generate
+
+
+def periodic_evaluator(
+    evaluator: str, data: str, *, samples: int = 64, steps: int = 50, seed: int = 0, split: str = "test"
+) -> Callable[[Any, int], dict[str, float]]:
+    """For fine-tuning runs: ``fn(gen, step) -> {metric: value}`` on a fixed seeded subset of ``samples``
+    items of ``split`` (one replication, no MultiModality, sizes scaled to the subset), evaluator
+    ``evaluator`` (a checkpoint path or ``"default"``)."""
+    from easytune.data.humanml import MotionDataset
+
+    model = MotionTextEvaluator.from_checkpoint(evaluator)
+    dataset = MotionDataset(data, split, caption_mode="first", crop="floor")
+    if samples < 2:
+        raise ConfigError(f"periodic evaluation needs samples >= 2, got {samples}")
+    pick = np.random.default_rng(seed).permutation(len(dataset))[: min(samples, len(dataset))]
+    subset = [dataset[int(i)] for i in pick]
+
+    def evaluate(gen: Any, step: int) -> dict[str, float]:
+        model.to(gen.device)
+        result = evaluate_generation(
+            generator_fn(gen, dataset, steps=steps),
+            model,
+            subset,
+            EvalSizes(replications=1, mm_prompts=0),
+            seed=seed,
+        )
+        return {k: v["mean"] for k, v in result["generated"].items()}
+
+    return evaluate
+
+
 def format_table(result: dict[str, Any], name: str = "model") -> str:
     """Paper-like table: rows ground truth and ``name``; ``mean +- ci95`` per metric ('-' if absent)."""
     head = f"{'method':<16}" + "".join(f"{m:>18}" for m in METRIC_NAMES)

@@ -32,6 +32,14 @@ from easytune.training.reward import load_split, seeded_batches
 log = logging.getLogger(__name__)
 
 
+# Defaults per preset: ``tiny`` is the CPU recipe (minutes); ``t2m`` uses the official learning rate and
+# batch size (the official schedule trains by epochs with early stopping on a validation split).
+EVALUATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"lr": 5e-4, "steps": 1000},
+    "t2m": {"lr": 1e-4, "steps": 20_000},
+}
+
+
 @dataclass
 class EvaluatorTrainConfig:
     """Options of ``easytune evaluator train``."""

@@ -46,6 +46,14 @@ NOISE_SCHEDULE = dict(
 )
 
 
+# Stage-1 defaults per preset: ``paper`` is the reference recipe (lr 1e-4, batch 64, ~500 epochs of
+# HumanML3D); ``tiny`` is the CPU recipe (a few minutes): a larger learning rate for a short run.
+STAGE1_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {"lr": 1e-4, "batch_size": 64, "steps": 180_000},
+    "tiny": {"lr": 5e-4, "batch_size": 32, "steps": 300},
+}
+
+
 @dataclass
 class RewardTrainConfig:
     """Options of ``easytune reward train`` / ``refine`` (defaults: stage 1 on the ``tiny`` preset).
@@ -54,6 +62,8 @@ class RewardTrainConfig:
     SPL (``spl_weight`` > 0): ``spl_topk`` retrieval window; ``spl_high_sim`` (reference: 0.8) also
     counts a text as correctly retrieved when any similarity in its row exceeds it (None = off);
     ``spl_double_temperature`` divides by the temperature twice as the reference code does.
+    ``sample_scale``: latents are ``mu + sample_scale * sigma * eps`` (TMR's ``fact``; 1 = the reference,
+    0 = the means).
     ``bucket_pool``: batches of similar lengths from pools of ``bucket_pool * batch_size`` shuffled items
     (``epoch_batches``; about 3x faster on CPU than random batches); 0 = plain random batches.
     """
@@ -70,6 +80,7 @@ class RewardTrainConfig:
     max_t: int = 500
     temperature: float = 0.1
     filter_threshold: float = 0.9
+    sample_scale: float = 1.0
     lambda_recons: float = 1.0
     lambda_kl: float = 1e-5
     lambda_latent: float = 1e-5
@@ -185,8 +196,8 @@ def reward_losses(
     c = model.config
     m_mu, m_lv = model.encode_motion(noisy, lengths, timesteps if c.motion_time else None)
     t_mu, t_lv = model.encode_text_tokens(text_emb.tokens, text_emb.mask, timesteps if c.text_time else None)
-    m_z = m_mu + torch.randn_like(m_mu) * (0.5 * m_lv).exp()
-    t_z = t_mu + torch.randn_like(t_mu) * (0.5 * t_lv).exp()
+    m_z = m_mu + cfg.sample_scale * torch.randn_like(m_mu) * (0.5 * m_lv).exp()
+    t_z = t_mu + cfg.sample_scale * torch.randn_like(t_mu) * (0.5 * t_lv).exp()
     frames = clean.shape[1]
     recons = _masked_smooth_l1(model.decode(t_z, lengths, frames), clean, lengths) + _masked_smooth_l1(
         model.decode(m_z, lengths, frames), clean, lengths
@@ -428,8 +439,8 @@ def refine_spl(
 ) -> RewardModel:
     """``easytune reward refine``: SPL stage 2 from the stage-1 checkpoint ``init`` (its architecture is
     kept; ``cfg.mode`` and ``cfg.text_encoder`` are taken from it)."""
-    if cfg.spl_weight <= 0:
-        raise ConfigError("SPL refinement needs spl_weight > 0 (default 1e-2)")
+    if cfg.spl_weight == 0:
+        log.warning("spl_weight=0: no SPL term, a plain stage-1 continuation (the control run for SPL)")
     model = RewardModel.from_checkpoint(init, freeze=False)
     cfg = dataclasses.replace(cfg, mode=model.config.mode, text_encoder=model.config.text_encoder)
     train = load_split(data, "train", seed=cfg.seed)
