@@ -70,5 +70,7 @@ def test_kernel(benchmark, bench_options, kernel_param) -> None:
     row.update(throughput(median, flops=case.flops.get(pass_), bytes_moved=case.bytes_moved.get(pass_)))
     benchmark.group = "kernel"
     benchmark.extra_info.update(row)
-    tolerance = 1e-4 if o.kernel_dtype == "float32" else 5e-2
-    assert case.max_abs_err <= tolerance, f"{impl} differs from the float64 reference by {case.max_abs_err}"
+    # Relative to the reference's largest magnitude (guided_step outputs reach ~30 at guidance 7.5).
+    tolerance = 1e-4 if o.kernel_dtype == "float32" else 3e-2
+    rel = case.max_abs_err / case.reference_max
+    assert rel <= tolerance, f"{impl} is {case.max_abs_err} ({rel:.1e} relative) off the float64 reference"

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from easytune.bench.memory import PeakMemory
-from easytune.bench.methods import parse_cases, prepare_method_case, timing_fields
-from easytune.bench.timing import time_once
+from easytune.bench.methods import StepRecorder, parse_cases, prepare_method_case
 
 ROUNDS = 2
 
@@ -24,22 +23,15 @@ def test_method(benchmark, bench_options, method_case) -> None:
     prepared = prepare_method_case(
         o.preset, o.device, o.batch, method_case.method, method_case.k, o.ddim_steps
     )
-    trainer, data, device = prepared.trainer, prepared.setup.batch, prepared.setup.device
-    times, stats, grad_steps = [], [], []
-
-    def one_step() -> None:
-        seconds, s = time_once(lambda: trainer.step(data), device)
-        times.append(seconds)
-        stats.append(s)
-        grad_steps.append(sum(p.grad for p in trainer.last_plan))
-
+    recorder = StepRecorder(prepared)
+    device = prepared.setup.device
     with PeakMemory(device) as timed_peak:
-        benchmark.pedantic(one_step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(recorder.step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     row = {
         "kind": "method",
         "case": f"{method_case.label}/{o.preset}/b{o.batch}/{device.type}",
         **prepared.row,
-        **timing_fields(prepared, times, stats, grad_steps),
+        **recorder.fields(),
     }
     if device.type == "cuda" and timed_peak.peak_bytes > row["peak_bytes"]:
         row["peak_bytes"] = timed_peak.peak_bytes

@@ -42,9 +42,11 @@ BASELINE = {"attention": "sdpa-mask", "guided_step": "eager", "reward_head": "ea
 class KernelCase:
     """One implementation of one op on fixed inputs.
 
-    ``forward()`` returns the implementation's native output; ``leaves`` are the differentiable
-    inputs (empty with ``no_backward`` saying why); ``flops`` / ``bytes_moved`` map a pass to its
-    cost (absent: not counted); ``cuda_graph``: GPU timing replays a CUDA graph (microsecond kernels).
+    ``forward()`` returns the implementation's native output; ``max_abs_err`` its largest deviation
+    from the float64 reference, whose largest magnitude is ``reference_max``; ``leaves`` are the
+    differentiable inputs (empty with ``no_backward`` saying why); ``flops`` / ``bytes_moved`` map a
+    pass to its cost (absent: not counted); ``cuda_graph``: GPU timing replays a CUDA graph
+    (microsecond kernels).
     """
 
     op: str
@@ -55,6 +57,7 @@ class KernelCase:
     forward: Callable[[], torch.Tensor]
     leaves: list[torch.Tensor]
     max_abs_err: float
+    reference_max: float
     flops: dict[str, float] = field(default_factory=dict)
     bytes_moved: dict[str, float] = field(default_factory=dict)
     cuda_graph: bool = False
@@ -179,8 +182,20 @@ def attention_cases(
     ) -> KernelCase:
         with torch.no_grad():
             err = float(((to_padded(fwd()).double() - reference) * qmask).abs().max())
+        scale = float(reference.abs().max())
         return KernelCase(
-            "attention", impl, name, dtype, str(device), fwd, leaves, err, flops, io, no_backward=no_backward
+            "attention",
+            impl,
+            name,
+            dtype,
+            str(device),
+            fwd,
+            leaves,
+            err,
+            scale,
+            flops,
+            io,
+            no_backward=no_backward,
         )
 
     out: list[KernelCase | Skipped] = []
@@ -361,6 +376,7 @@ def guided_step_cases(
     ) -> KernelCase:
         with torch.no_grad():
             err = float((fwd().double() - reference).abs().max())
+        scale = float(reference.abs().max())
         return KernelCase(
             "guided_step",
             impl,
@@ -370,6 +386,7 @@ def guided_step_cases(
             fwd,
             leaves,
             err,
+            scale,
             {},
             io,
             cuda_graph=graph,
@@ -458,6 +475,7 @@ def reward_head_cases(
     ) -> KernelCase:
         with torch.no_grad():
             err = float((fwd().double() - reference).abs().max())
+        scale = float(reference.abs().max())
         return KernelCase(
             "reward_head",
             impl,
@@ -467,6 +485,7 @@ def reward_head_cases(
             fwd,
             leaves,
             err,
+            scale,
             fl,
             io,
             cuda_graph=True,
@@ -502,10 +521,11 @@ def reward_head_cases(
 
 def time_case(case: KernelCase, pass_: str, **timer_kwargs: Any) -> TimingStats:
     """Time one pass: CUDA-graph replay where the case allows it (falling back to CUDA events when
-    capture fails), CUDA events otherwise, perf_counter on CPU."""
+    capture fails), CUDA events otherwise, perf_counter on CPU. ``bwd`` is never graph-captured: its
+    forward ran outside the capture stream, so autograd would launch the backward on another stream."""
     fn = case.pass_fn(pass_)
     device = torch.device(case.device)
-    if device.type == "cuda" and case.cuda_graph:
+    if device.type == "cuda" and case.cuda_graph and pass_ != "bwd":
         try:
             return bench(fn, device, cuda_graph=True)
         except RuntimeError:
@@ -538,6 +558,7 @@ def kernel_row(
     if pass_ != "fwd" and not case.leaves:
         return {**row, "status": "skipped", "reason": case.no_backward}
     row["max_abs_err"] = case.max_abs_err
+    row["max_rel_err"] = case.max_abs_err / case.reference_max if case.reference_max else None
     if stats is not None:
         row.update(stats.as_dict(), timer=stats.method)
         row.update(

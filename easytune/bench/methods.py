@@ -7,19 +7,22 @@ seed (memory and time do not depend on the weights). The text encoder is the bui
 the paper's widths for ``mld`` (768-d sentence for the denoiser, 1024-d tokens for the reward model).
 
 ``measure_method_case`` runs in a fresh process per case (``run_methods(isolate=True)``):
-1. no-grad pass: DDIM sampling of the batch + decode + reward, once to warm up, once measured
-   (``nograd_peak_bytes``), before any optimizer exists (inference holds no optimizer state);
-2. ``warmup`` trainer steps (optimizer state is created), then ``repeats`` timed trainer steps inside
-   ``PeakMemory`` (``peak_bytes``) and ``SavedTensorsMeter`` (``saved_bytes``: the most bytes autograd
-   held for backward at once, parameters excluded);
-3. ``additional_bytes = peak_bytes - nograd_peak_bytes``; ``seconds_per_step`` is the median wall
-   time of one trainer step (one trajectory), ``seconds_per_update`` that divided by its optimizer
-   updates (EasyTune-K: K per trajectory; the others: 1), ``samples_per_second = batch / seconds_per_step``.
+1. no-grad pass: DDIM sampling of the batch + decode + reward, once to warm up, once timed, once under
+   the memory meters (``nograd_peak_bytes``), before any optimizer exists (inference holds no
+   optimizer state);
+2. ``warmup`` trainer steps (optimizer state is created), then one trainer step under ``PeakMemory``
+   (CUDA) / ``LiveTensorMeter`` (CPU) for ``peak_bytes`` and ``SavedTensorsMeter`` for ``saved_bytes``
+   (the most bytes autograd held for backward at once, parameters excluded);
+3. ``repeats`` timed trainer steps without meters (``StepRecorder``): ``seconds_per_step`` is the
+   median wall time of one trainer step (one trajectory), ``seconds_per_update`` that divided by its
+   optimizer updates (EasyTune-K: K per trajectory; the others: 1), ``samples_per_second =
+   batch / seconds_per_step``; ``additional_bytes = peak_bytes - nograd_peak_bytes``.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +118,7 @@ class Setup:
     def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.reward_model.reward(feats, batch["lengths"], batch["caption"])
 
-    def frozen_parameters(self) -> list[torch.Tensor]:
+    def all_parameters(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.reward_model.parameters()]
 
     def trainer(self, method: Any, lr: float = 1e-5) -> Any:
@@ -288,7 +291,7 @@ def prepare_method_case(
     with (
         PeakMemory(dev) as device_peak,
         LiveTensorMeter() as live,
-        SavedTensorsMeter(exclude=setup.frozen_parameters()) as saved,
+        SavedTensorsMeter(exclude=setup.all_parameters()) as saved,
     ):
         trainer.step(setup.batch)
     if cuda:  # the caching allocator's own accounting covers weights, optimizer state and activations
@@ -323,22 +326,48 @@ def prepare_method_case(
     return PreparedCase(case, setup, trainer, row)
 
 
-def timing_fields(
-    prepared: PreparedCase, times: list[float], stats: list[dict[str, float]], grad_steps: list[int]
-) -> dict[str, Any]:
-    """Step 3 of the module docstring from the timed trainer steps."""
-    step_s = statistics.median(times)
-    updates = statistics.median(s["updates"] for s in stats)
-    return {
-        "seconds_per_step": step_s,
-        "step_times_s": times,
-        "updates_per_step": updates,
-        "seconds_per_update": step_s / updates,
-        "samples_per_second": prepared.row["batch"] / step_s,
-        "grad_steps_mean": statistics.fmean(grad_steps),
-        "repeats": len(times),
-        "reward": statistics.fmean(s["reward"] for s in stats),
-    }
+class StepRecorder:
+    """Runs timed trainer steps of a prepared case and turns them into the timing fields (step 3 of the
+    module docstring). ``cpu_seconds_*`` (CPU devices only) is the process CPU time of a step, all threads
+    summed: unlike wall time it does not grow when other processes share the cores."""
+
+    def __init__(self, prepared: PreparedCase) -> None:
+        self.prepared = prepared
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.stats: list[dict[str, float]] = []
+        self.grad_steps: list[int] = []
+
+    def step(self) -> None:
+        from easytune.bench.timing import time_once
+
+        trainer, data = self.prepared.trainer, self.prepared.setup.batch
+        cpu0 = time.process_time()
+        seconds, stats = time_once(lambda: trainer.step(data), self.prepared.setup.device)
+        self.cpu_times.append(time.process_time() - cpu0)
+        self.times.append(seconds)
+        self.stats.append(stats)
+        self.grad_steps.append(sum(p.grad for p in trainer.last_plan))
+
+    def fields(self) -> dict[str, Any]:
+        if not self.times:
+            raise ConfigError("StepRecorder.fields: no timed step was run")
+        step_s = statistics.median(self.times)
+        updates = statistics.median(s["updates"] for s in self.stats)
+        out = {
+            "seconds_per_step": step_s,
+            "step_times_s": self.times,
+            "updates_per_step": updates,
+            "seconds_per_update": step_s / updates,
+            "samples_per_second": self.prepared.row["batch"] / step_s,
+            "grad_steps_mean": statistics.fmean(self.grad_steps),
+            "repeats": len(self.times),
+            "reward": statistics.fmean(s["reward"] for s in self.stats),
+        }
+        if self.prepared.setup.device.type == "cpu":
+            cpu_s = statistics.median(self.cpu_times)
+            out.update(cpu_seconds_per_step=cpu_s, cpu_seconds_per_update=cpu_s / updates)
+        return out
 
 
 def measure_method_case(
@@ -355,21 +384,17 @@ def measure_method_case(
     """Measure one case (see the module docstring); returns its result row (without the case id)."""
     from easytune.bench.memory import PeakMemory
     from easytune.bench.nvml import NvmlSampler
-    from easytune.bench.timing import time_once
 
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     prepared = prepare_method_case(preset, device, batch, method, k, steps, warmup, seed)
-    trainer, data, dev = prepared.trainer, prepared.setup.batch, prepared.setup.device
+    dev = prepared.setup.device
     cuda = dev.type == "cuda"
-    times, stats, grad_steps = [], [], []
+    recorder = StepRecorder(prepared)
     with NvmlSampler(dev.index or 0) if cuda else _Null() as nvml, PeakMemory(dev) as timed_peak:
         for _ in range(repeats):
-            seconds, s = time_once(lambda: trainer.step(data), dev)
-            times.append(seconds)
-            stats.append(s)
-            grad_steps.append(sum(p.grad for p in trainer.last_plan))
-    row = {**prepared.row, **timing_fields(prepared, times, stats, grad_steps)}
+            recorder.step()
+    row = {**prepared.row, **recorder.fields()}
     if cuda:
         row.update(nvml.summary())
         if timed_peak.peak_bytes > row["peak_bytes"]:  # a random plan (ReFL, DRTune, AlignProp) can vary

@@ -120,6 +120,8 @@ LOWER_IS_BETTER = (
     "median_s",
     "seconds_per_update",
     "seconds_per_step",
+    "cpu_seconds_per_update",
+    "cpu_seconds_per_step",
     "peak_bytes",
     "saved_bytes",
     "additional_bytes",

@@ -1,15 +1,18 @@
-"""Time to reward: wall-clock training time each method needs to lift the reward to given levels.
+"""Time to reward: the training time each method needs to lift the reward to given levels.
 
 Every method starts from the same models (same seed or checkpoints) and trains on the same batch of
-synthetic captions for ``budget_s`` seconds of training time. After every trainer step the clock is
-paused and the reward of the current weights is evaluated: guided DDIM sampling from a fixed noise
-(another seed than training) of the same captions, decoded, scored by the reward model, averaged.
-``time_to_reward_s`` is the training time at the first evaluation at or above the level (None: not
-reached within the budget). Levels default to the start reward plus ``DEFAULT_DELTAS``.
+synthetic captions for ``budget_s`` seconds of training time (process CPU seconds on a CPU device, wall
+seconds on a GPU: the row's ``clock``). After every trainer step the clock is paused and the reward of
+the current weights is evaluated: guided DDIM sampling from a fixed noise (another seed than
+training) of the same captions, decoded, scored by the reward model, averaged. ``time_to_reward_s``
+is the training time at the first evaluation at or above the level (None: not reached within the
+budget); ``wall_time_to_reward_s`` the same in wall seconds. Levels default to the start reward plus
+``DEFAULT_DELTAS``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,14 +37,17 @@ def reward_curve(
     reward_checkpoint: str | None = None,
     max_steps: int = 10_000,
 ) -> dict[str, Any]:
-    """Train one method for ``budget_s`` seconds of (paused-clock) training time; returns
-    ``{"wall_s": [...], "reward": [...], "trainer_steps", "updates"}`` starting at (0, start reward)."""
+    """Train one method for ``budget_s`` seconds of training time (paused during evaluations), measured
+    on the run's clock: process CPU seconds on a CPU device (other processes sharing the cores do not
+    eat into a method's budget), wall seconds on a GPU. Returns ``{"clock", "wall_s": [...],
+    "cpu_s": [...], "reward": [...], "trainer_steps", "updates"}``, starting at (0, start reward)."""
     from easytune.bench.timing import time_once
 
     if budget_s <= 0:
         raise ConfigError(f"budget_s must be > 0 seconds, got {budget_s}")
     setup = build_setup(preset, device, batch, steps, seed, checkpoint, reward_checkpoint)
     eval_setup_seed = seed + EVAL_SEED_OFFSET
+    clock = "cpu" if setup.device.type == "cpu" else "wall"
 
     def evaluate() -> float:
         setup.seed = eval_setup_seed
@@ -51,16 +57,23 @@ def reward_curve(
             setup.seed = seed
 
     trainer = setup.trainer(MethodCase(method, k).build(), lr=lr)
-    clock, wall, rewards, updates = 0.0, [0.0], [evaluate()], 0
-    n = 0
-    while clock < budget_s and n < max_steps:
+    wall, cpu, rewards, updates, n = [0.0], [0.0], [evaluate()], 0, 0
+    while (cpu if clock == "cpu" else wall)[-1] < budget_s and n < max_steps:
+        cpu0 = time.process_time()
         seconds, stats = time_once(lambda: trainer.step(setup.batch), setup.device)
-        clock += seconds
+        cpu.append(cpu[-1] + time.process_time() - cpu0)
+        wall.append(wall[-1] + seconds)
         updates += int(stats["updates"])
         n += 1
-        wall.append(clock)
         rewards.append(evaluate())
-    return {"wall_s": wall, "reward": rewards, "trainer_steps": n, "updates": updates}
+    return {
+        "clock": clock,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "reward": rewards,
+        "trainer_steps": n,
+        "updates": updates,
+    }
 
 
 def first_reach(
@@ -120,14 +133,17 @@ def run_time_to_reward(
         }
         rows.append({"kind": "reward_curve", "case": f"{case.label}/{preset}/b{batch}", **common, **curve})
         for level in levels:
-            t, i = first_reach(curve["wall_s"], curve["reward"], level)
+            t, i = first_reach(curve[f"{curve['clock']}_s"], curve["reward"], level)
+            wall_t, _ = first_reach(curve["wall_s"], curve["reward"], level)
             rows.append(
                 {
                     "kind": "time_to_reward",
                     "case": f"{case.label}/{preset}/b{batch}/{level:g}",
                     **common,
+                    "clock": curve["clock"],
                     "level": level,
                     "time_to_reward_s": t,
+                    "wall_time_to_reward_s": wall_t,
                     "trainer_steps_to_reward": i,
                 }
             )
