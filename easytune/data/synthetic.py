@@ -1082,7 +1082,8 @@ def generate_dataset(
     if (workers or 1) > 1:
         import multiprocessing
 
-        with multiprocessing.Pool(int(workers)) as pool:
+        # spawn, not fork: a forked child of a process whose torch thread pool is running can deadlock
+        with multiprocessing.get_context("spawn").Pool(int(workers)) as pool:
             written = [row for rows in pool.map(_write_chunk, jobs) for row in rows]
     else:
         written = [row for job in jobs for row in _write_chunk(job)]
