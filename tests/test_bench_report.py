@@ -66,8 +66,8 @@ def test_targets_pass_and_fail():
     assert verdicts == {
         "EasyTune peak memory flat in K": "pass",
         "EasyTune additional memory / DRaFT-50's": "pass",
-        "EasyTune wall seconds/update / DRaFT-50's": "pass",
-        "EasyTune CPU seconds/update / DRaFT-50's": "FAIL",  # 0.3 / 1.0 > 1/4
+        **{f"EasyTune-{k} wall seconds/update / DRaFT-50's": "pass" for k in (1, 10, 50)},
+        **{f"EasyTune-{k} CPU seconds/update / DRaFT-50's": "FAIL" for k in (1, 10, 50)},  # 0.3 > 1/4
     }
     # peak spread 100 -> 110 MiB is 10% (> 5%); additional 30 MiB of DRaFT-50's 100 MiB is 30% (> 15%)
     bad = {t["target"]: t for t in method_targets(_methods_rows((100, 110, 100), draft_additional=100))}
@@ -75,6 +75,13 @@ def test_targets_pass_and_fail():
     assert bad["EasyTune peak memory flat in K"]["measured"].startswith("10.0%")
     assert bad["EasyTune additional memory / DRaFT-50's"]["verdict"] == "FAIL"
     assert bad["EasyTune additional memory / DRaFT-50's"]["measured"].startswith("30.0%")
+    # the time target is judged per K: a slow K=1 fails on its own while K=10 and K=50 pass
+    rows = _methods_rows()
+    rows[0] = {**rows[0], "seconds_per_update": 0.5}
+    per_k = {t["target"]: t for t in method_targets(rows)}
+    assert per_k["EasyTune-1 wall seconds/update / DRaFT-50's"]["verdict"] == "FAIL"
+    assert per_k["EasyTune-1 wall seconds/update / DRaFT-50's"]["measured"] == "0.500"
+    assert per_k["EasyTune-10 wall seconds/update / DRaFT-50's"]["verdict"] == "pass"
 
 
 def test_report_writes_markdown_and_plots(tmp_path):

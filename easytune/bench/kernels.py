@@ -63,6 +63,39 @@ class KernelCase:
     cuda_graph: bool = False
     no_backward: str = ""
 
+    @classmethod
+    def checked(
+        cls,
+        op: str,
+        impl: str,
+        shape: str,
+        dtype: str,
+        device: str,
+        forward: Callable[[], torch.Tensor],
+        leaves: list[torch.Tensor],
+        reference: torch.Tensor,
+        error_mask: torch.Tensor | float = 1.0,
+        to_reference_layout: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
+        **costs: Any,
+    ) -> KernelCase:
+        """A case whose forward output, mapped by ``to_reference_layout`` (e.g. packed varlen -> padded),
+        is first compared with the float64 ``reference`` on the entries where ``error_mask`` is nonzero;
+        ``costs``: ``flops``, ``bytes_moved``, ``cuda_graph``, ``no_backward``."""
+        with torch.no_grad():
+            err = float(((to_reference_layout(forward()).double() - reference) * error_mask).abs().max())
+        return cls(
+            op,
+            impl,
+            shape,
+            dtype,
+            device,
+            forward,
+            leaves,
+            err,
+            float(reference.abs().max()),
+            **costs,
+        )
+
     @property
     def case(self) -> str:
         return case_id(self.op, self.shape, self.dtype, self.device, self.impl)
@@ -180,10 +213,7 @@ def attention_cases(
         to_padded: Callable[[torch.Tensor], torch.Tensor] = lambda o: o,
         no_backward: str = "",
     ) -> KernelCase:
-        with torch.no_grad():
-            err = float(((to_padded(fwd()).double() - reference) * qmask).abs().max())
-        scale = float(reference.abs().max())
-        return KernelCase(
+        return KernelCase.checked(
             "attention",
             impl,
             name,
@@ -191,10 +221,11 @@ def attention_cases(
             str(device),
             fwd,
             leaves,
-            err,
-            scale,
-            flops,
-            io,
+            reference,
+            qmask,
+            to_padded,
+            flops=flops,
+            bytes_moved=io,
             no_backward=no_backward,
         )
 
@@ -374,10 +405,7 @@ def guided_step_cases(
         graph: bool = True,
         no_backward: str = "",
     ) -> KernelCase:
-        with torch.no_grad():
-            err = float((fwd().double() - reference).abs().max())
-        scale = float(reference.abs().max())
-        return KernelCase(
+        return KernelCase.checked(
             "guided_step",
             impl,
             name,
@@ -385,10 +413,8 @@ def guided_step_cases(
             str(device),
             fwd,
             leaves,
-            err,
-            scale,
-            {},
-            io,
+            reference,
+            bytes_moved=io,
             cuda_graph=graph,
             no_backward=no_backward,
         )
@@ -473,10 +499,7 @@ def reward_head_cases(
     def case(
         impl: str, fwd: Callable[[], torch.Tensor], leaves: list[torch.Tensor], no_backward: str = ""
     ) -> KernelCase:
-        with torch.no_grad():
-            err = float((fwd().double() - reference).abs().max())
-        scale = float(reference.abs().max())
-        return KernelCase(
+        return KernelCase.checked(
             "reward_head",
             impl,
             name,
@@ -484,10 +507,9 @@ def reward_head_cases(
             str(device),
             fwd,
             leaves,
-            err,
-            scale,
-            fl,
-            io,
+            reference,
+            flops=fl,
+            bytes_moved=io,
             cuda_graph=True,
             no_backward=no_backward,
         )

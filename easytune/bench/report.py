@@ -77,20 +77,21 @@ def method_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     ratio <= ADDITIONAL_VS_DRAFT50,
                 )
             )
+            # Per K: EasyTune-1 makes one update per trajectory like DRaFT, so its ratio is reported,
+            # not hidden behind the best K.
             for field, what in (("seconds_per_update", "wall"), ("cpu_seconds_per_update", "CPU")):
-                timed = [r for r in easy if r.get(field)]
-                if not timed or not draft50.get(field):
+                if not draft50.get(field):
                     continue
-                worst = max(timed, key=lambda r: r[field])
-                ratio = worst[field] / draft50[field]
-                checks.append(
-                    (
-                        f"EasyTune {what} seconds/update / DRaFT-50's",
-                        f"{ratio:.3f} (K={worst.get('k')})",
-                        f"<= {SECONDS_VS_DRAFT50:.2f}",
-                        ratio <= SECONDS_VS_DRAFT50,
+                for r in sorted((r for r in easy if r.get(field)), key=lambda r: r.get("k") or 0):
+                    ratio = r[field] / draft50[field]
+                    checks.append(
+                        (
+                            f"EasyTune-{r.get('k')} {what} seconds/update / DRaFT-50's",
+                            f"{ratio:.3f}",
+                            f"<= {SECONDS_VS_DRAFT50:.2f}",
+                            ratio <= SECONDS_VS_DRAFT50,
+                        )
                     )
-                )
         else:
             checks.append(("EasyTune vs DRaFT-50", "no DRaFT-50 row with additional memory", "", None))
         for name, value, threshold, ok in checks:

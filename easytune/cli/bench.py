@@ -76,7 +76,12 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--levels", default=None, help="comma-separated reward levels (default: from the start reward)"
     )
-    t.add_argument("--budget-s", type=float, default=120.0, help="wall-clock budget per method")
+    t.add_argument(
+        "--budget-s",
+        type=float,
+        default=120.0,
+        help="training-time budget per method: process CPU seconds on a CPU device, wall seconds on CUDA",
+    )
     t.add_argument("--steps", type=int, default=50)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--seed", type=int, default=0)
