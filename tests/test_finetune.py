@@ -104,6 +104,17 @@ def test_nan_loss_is_reported_not_trained_on(assets, tmp_path):
         torch.testing.assert_close(v, before[k])
 
 
+def test_checkpointing_the_frozen_reward_path_changes_no_number(assets, tmp_path):
+    plain = Run(_config(assets, tmp_path / "plain", steps=2)).train()
+    run = Run(_config(assets, tmp_path / "ckpt", steps=2, checkpoint_frozen=True))
+    assert run.gen.model.vae.decoder.gradient_checkpointing
+    assert run.reward_model.motion_encoder.gradient_checkpointing
+    ckpt = run.train()
+    for a, b in zip(plain, ckpt):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+        assert a["reward"] == pytest.approx(b["reward"], rel=1e-5, abs=1e-7)
+
+
 def test_lora_and_regularisation_train_only_adapters(assets, tmp_path):
     run = Run(_config(assets, tmp_path, steps=1, lora_rank=2, reg_weight=0.1))
     trainable = [n for n, p in run.gen.trainable.named_parameters() if p.requires_grad]

@@ -169,12 +169,14 @@ def build_setup(
     seed: int = 0,
     checkpoint: str | None = None,
     reward_checkpoint: str | None = None,
+    checkpoint_frozen: bool = False,
 ) -> Setup:
     """Models of ``preset`` (``mld`` | ``tiny``) on ``device``, freshly initialised from ``seed`` unless
     ``checkpoint`` (an MLD checkpoint with a config) / ``reward_checkpoint`` (a reward checkpoint or
     ``default``) are given, and a batch of ``batch`` captions with lengths from ``motion_lengths``.
     VAE and reward model are frozen; the denoiser is in eval mode (dropout off: the methods then differ
-    only in their gradients)."""
+    only in their gradients). ``checkpoint_frozen``: per-layer activation checkpointing in the VAE and
+    the reward model (``easytune.models.layers.set_gradient_checkpointing``)."""
     from easytune.checkpoint import load_checkpoint
     from easytune.diffusion import DDIMScheduler
     from easytune.models.mld import MLD
@@ -207,6 +209,11 @@ def build_setup(
     model.vae.eval().requires_grad_(False)
     model.denoiser.eval()
     reward_model = reward_model.to(device).freeze()
+    if checkpoint_frozen:
+        from easytune.models.layers import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model.vae)
+        set_gradient_checkpointing(reward_model)
     scheduler = DDIMScheduler.from_config(spec["scheduler"])
     scheduler.set_timesteps(steps)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
@@ -260,6 +267,7 @@ def prepare_method_case(
     steps: int = 50,
     warmup: int = 1,
     seed: int = 0,
+    checkpoint_frozen: bool = False,
 ) -> PreparedCase:
     """Steps 1-2 of the module docstring: no-grad pass, warm-up, one trainer step under the memory meters."""
     from easytune.bench.memory import LiveTensorMeter, PeakMemory, SavedTensorsMeter, tensor_bytes
@@ -268,7 +276,7 @@ def prepare_method_case(
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
     case = MethodCase(method, k)
-    setup = build_setup(preset, device, batch, steps, seed)
+    setup = build_setup(preset, device, batch, steps, seed, checkpoint_frozen=checkpoint_frozen)
     dev, cuda = setup.device, setup.device.type == "cuda"
     weights = tensor_bytes(
         [
@@ -310,6 +318,7 @@ def prepare_method_case(
         "dtype": "float32",
         "ddim_steps": steps,
         "guidance_scale": setup.guidance_scale,
+        "checkpoint_frozen": checkpoint_frozen,
         "peak_bytes": peak_bytes,
         "nograd_peak_bytes": nograd_peak,
         "additional_bytes": peak_bytes - nograd_peak,
@@ -380,6 +389,7 @@ def measure_method_case(
     repeats: int = 2,
     warmup: int = 1,
     seed: int = 0,
+    checkpoint_frozen: bool = False,
 ) -> dict[str, Any]:
     """Measure one case (see the module docstring); returns its result row (without the case id)."""
     from easytune.bench.memory import PeakMemory
@@ -387,7 +397,7 @@ def measure_method_case(
 
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    prepared = prepare_method_case(preset, device, batch, method, k, steps, warmup, seed)
+    prepared = prepare_method_case(preset, device, batch, method, k, steps, warmup, seed, checkpoint_frozen)
     dev = prepared.setup.device
     cuda = dev.type == "cuda"
     recorder = StepRecorder(prepared)
@@ -421,10 +431,12 @@ def run_methods(
     warmup: int = 1,
     isolate: bool = True,
     seed: int = 0,
+    checkpoint_frozen: bool = False,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[dict[str, Any]]:
     """One row per case (``kind: method``); a fresh process per case when ``isolate``. A failing case
-    becomes a row with ``status: "failed"`` and the error, and the others still run."""
+    becomes a row with ``status: "failed"`` and the error, and the others still run. Case ids end in
+    ``/ckpt`` with ``checkpoint_frozen``."""
     from easytune.bench.isolate import run_isolated
     from easytune.bench.results import BenchCaseError
 
@@ -441,8 +453,11 @@ def run_methods(
             "repeats": repeats,
             "warmup": warmup,
             "seed": seed,
+            "checkpoint_frozen": checkpoint_frozen,
         }
-        case_id = f"{case.label}/{preset}/b{batch}/{torch.device(device).type}"
+        case_id = f"{case.label}/{preset}/b{batch}/{torch.device(device).type}" + (
+            "/ckpt" if checkpoint_frozen else ""
+        )
         log(f"[bench methods] {case_id} ...")
         try:
             row = (

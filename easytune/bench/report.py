@@ -35,7 +35,13 @@ def _rows(sets: list[ResultSet], kind: str) -> list[dict[str, Any]]:
 
 
 def _group_key(row: dict[str, Any]) -> tuple:
-    return (row.get("preset"), row.get("device"), row.get("batch"), row.get("dtype"))
+    return (
+        row.get("preset"),
+        row.get("device"),
+        row.get("batch"),
+        row.get("dtype"),
+        bool(row.get("checkpoint_frozen")),
+    )
 
 
 def method_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -51,7 +57,7 @@ def method_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not easy:
             continue
         draft50 = next((r for r in members if r.get("method") == "DRaFT" and r.get("k") == 50), None)
-        label = "preset={} device={} batch={} dtype={}".format(*key)
+        label = "preset={} device={} batch={} dtype={} checkpoint_frozen={}".format(*key)
         peaks = [r["peak_bytes"] for r in easy if r.get("peak_bytes")]
         checks = []
         if len(peaks) >= 2:
@@ -280,7 +286,9 @@ def _plot_memory_vs_k(plt: Any, rows: list[dict[str, Any]], path: Path) -> bool:
     if not series:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (method, preset, device, batch, _), members in sorted(series.items(), key=lambda kv: str(kv[0])):
+    for (method, preset, device, batch, _, ckpt), members in sorted(
+        series.items(), key=lambda kv: str(kv[0])
+    ):
         members.sort(key=lambda r: r["k"])
         ks = [r["k"] for r in members]
         for ax, field in zip(axes, ("peak_bytes", "additional_bytes")):
@@ -288,7 +296,7 @@ def _plot_memory_vs_k(plt: Any, rows: list[dict[str, Any]], path: Path) -> bool:
                 ks,
                 [(r.get(field) or 0) / MiB for r in members],
                 marker="o",
-                label=f"{method} {preset} {device} b{batch}",
+                label=f"{method} {preset} {device} b{batch}" + (" ckpt" if ckpt else ""),
             )
     for ax, title in zip(axes, ("peak memory (MiB)", "additional over no-grad sampling (MiB)")):
         ax.set_xlabel("K (steps with gradients)")

@@ -63,6 +63,11 @@ def register(subparsers: Any) -> None:
         help="run every case in this process (default: a fresh process per case, for clean peaks)",
     )
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--checkpoint-frozen",
+        action="store_true",
+        help="per-layer activation checkpointing in the frozen VAE and reward model (all methods)",
+    )
     m.add_argument("--json", required=True, help="result file to write")
     m.set_defaults(func=_methods)
 
@@ -173,6 +178,7 @@ def _methods(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         isolate=not args.no_isolate,
         seed=args.seed,
+        checkpoint_frozen=args.checkpoint_frozen,
         log=lambda s: print(s, file=sys.stderr),
     )
     _write(args.json, rows, args.device, vars_config(args))

@@ -39,6 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--inference-steps", type=int, default=50, help="DDIM steps per trajectory")
     p.add_argument("--reward-weight", type=float, default=1.0)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on CUDA")
+    p.add_argument("--checkpoint-frozen", action="store_true",
+                   help="activation checkpointing in the frozen VAE decoder and reward model (less memory)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="keep an EMA of the weights")
     p.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank only")
     p.add_argument("--lora-alpha", type=float, default=16.0)
@@ -67,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None, guidance_scale=args.guidance,
         num_inference_steps=args.inference_steps, reward_weight=args.reward_weight, amp=args.amp,
+        checkpoint_frozen=args.checkpoint_frozen,
         ema=args.ema, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, reg_weight=args.reg_weight,
         eval_every=args.eval_every, ckpt_every=args.ckpt_every, time_budget=args.time_budget, seed=args.seed,
         device=args.device, resume=args.resume, progress=not args.no_progress,

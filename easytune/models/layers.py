@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from easytune.errors import ConfigError
 from easytune.ops import attention
@@ -130,7 +131,13 @@ class TransformerDecoderLayer(nn.Module):
 
 class _SkipStack(nn.Module):
     """U-Net-like stack of ``2n + 1`` layers: the output of input block ``i`` is concatenated to the input
-    of output block ``n - 1 - i`` and mixed by ``linear_blocks``; a final LayerNorm. Xavier-initialised."""
+    of output block ``n - 1 - i`` and mixed by ``linear_blocks``; a final LayerNorm. Xavier-initialised.
+
+    ``gradient_checkpointing`` (see ``set_gradient_checkpointing``): when grad is enabled, each layer keeps
+    only its input for backward and recomputes its activations there (same outputs and gradients, about
+    one extra forward of compute)."""
+
+    gradient_checkpointing = False
 
     def __init__(self, make_layer: Callable[[], nn.Module], num_layers: int, d_model: int,
                  norm_eps: float = 1e-5) -> None:
@@ -149,6 +156,12 @@ class _SkipStack(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def _run(self, x: torch.Tensor, layer: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            plain = layer
+
+            def layer(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+                return checkpoint(plain, block, h, use_reentrant=False)
+
         skips = []
         for block in self.input_blocks:
             x = layer(block, x)
@@ -157,6 +170,16 @@ class _SkipStack(nn.Module):
         for block, linear in zip(self.output_blocks, self.linear_blocks):
             x = layer(block, linear(torch.cat([x, skips.pop()], dim=-1)))
         return self.norm(x)
+
+
+def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
+    """Turn per-layer activation checkpointing of every skip transformer inside ``module`` on or off;
+    returns how many stacks were set. Meant for frozen models in the reward path (VAE decoder, reward
+    model): their activations are then not all held between the forward and the backward pass."""
+    stacks = [m for m in module.modules() if isinstance(m, _SkipStack)]
+    for m in stacks:
+        m.gradient_checkpointing = enabled
+    return len(stacks)
 
 
 class SkipTransformerEncoder(_SkipStack):

@@ -71,6 +71,7 @@ class FinetuneConfig:
     num_inference_steps: int = 50
     reward_weight: float = 1.0
     amp: str = "none"
+    checkpoint_frozen: bool = False
     ema: float | None = None
     lora_rank: int | None = None
     lora_alpha: float = 16.0
@@ -192,6 +193,12 @@ class Run:
         from easytune.models.reward import RewardModel
 
         self.reward_model = RewardModel.from_checkpoint(cfg.reward).to(self.info.device)
+        if cfg.checkpoint_frozen:  # frozen reward path: keep layer inputs only, recompute in backward
+            from easytune.models.layers import set_gradient_checkpointing
+
+            if self.gen.kind == "mld":
+                set_gradient_checkpointing(self.gen.model.vae)
+            set_gradient_checkpointing(self.reward_model)
         data = cfg.data or self.gen.data_dir
         if data is None:
             raise ConfigError("--data is required: the base checkpoint names no dataset")
