@@ -176,3 +176,40 @@ def test_bad_files_name_the_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_results(tmp_path / "missing.json")
     assert main(["bench", "report", str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def _curve(method, cpu, reward):
+    return {
+        "kind": "reward_curve",
+        "case": f"{method}/tiny/b4",
+        "method": method,
+        "preset": "tiny",
+        "device": "cpu",
+        "batch": 4,
+        "lr": 1e-4,
+        "budget_s": 10.0,
+        "start_reward": reward[0],
+        "clock": "cpu",
+        "cpu_s": cpu,
+        "wall_s": [2 * t for t in cpu],
+        "reward": reward,
+    }
+
+
+def test_time_to_reward_levels_are_read_off_the_stored_curves(tmp_path):
+    from easytune.bench.reward_time import level_rows
+
+    fast = _curve("EasyTune-10", [0.0, 1.0, 2.0, 3.0], [0.2, 0.5, 0.45, 0.9])
+    rows = {r["level"]: r for r in level_rows(fast, [0.5, 0.8, 0.95])}
+    assert (rows[0.5]["time_to_reward_s"], rows[0.5]["wall_time_to_reward_s"]) == (1.0, 2.0)
+    assert rows[0.8]["time_to_reward_s"] == 3.0 and rows[0.8]["trainer_steps_to_reward"] == 3
+    assert rows[0.95]["time_to_reward_s"] is None
+    assert rows[0.5]["case"] == "EasyTune-10/tiny/b4/0.5"
+
+    slow = _curve("DRaFT-10", [0.0, 4.0, 8.0], [0.2, 0.3, 0.6])
+    path = write_results(tmp_path / "ttr.json", [fast, slow], {"device": "cpu", "commit": "abc"})
+    write_report([load_results(path)], tmp_path / "out", levels=[0.5, 0.95])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| EasyTune-10 | 1.0 (2.0) | not reached |" in text
+    assert "| DRaFT-10 | 8.0 (16.0) | not reached |" in text
+    assert (tmp_path / "out" / "reward_curves.png").exists()

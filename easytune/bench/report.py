@@ -152,7 +152,8 @@ def _methods_md(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (str(_group_key(r)), str(r.get("method")), r.get("k") or 0)):
-        cells = [r.get("method"), _num(r.get("k"), "d"), r.get("preset"), r.get("device"), r.get("batch")]
+        preset = f"{r.get('preset')}" + (" (ckpt)" if r.get("checkpoint_frozen") else "")
+        cells = [r.get("method"), _num(r.get("k"), "d"), preset, r.get("device"), r.get("batch")]
         if r.get("status") in ("skipped", "failed"):
             lines.append(
                 "| " + " | ".join(map(str, cells)) + f" | {r['status']}: {r.get('reason')} |||||||||"
@@ -177,7 +178,9 @@ def _methods_md(rows: list[dict[str, Any]]) -> list[str]:
         "",
         f"Peak memory measured by: {', '.join(memory_method) or '-'}; saved = peak bytes held by "
         "autograd for backward (saved_tensors_hooks, parameters excluded). s = wall seconds; CPU s = "
-        "process CPU seconds (CPU runs only; unaffected by other processes sharing the cores).",
+        "process CPU seconds (CPU runs only; unaffected by other processes sharing the cores). (ckpt): "
+        "activation checkpointing of the frozen VAE and reward model, whose recomputed activations the "
+        "saved column does not see.",
         "",
     ]
     targets = method_targets(rows)
@@ -338,12 +341,20 @@ def _plot_reward_curves(plt: Any, rows: list[dict[str, Any]], path: Path) -> Non
     plt.close(fig)
 
 
-def write_report(sets: list[ResultSet], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``report.md`` and the plots the rows allow into ``out_dir``; returns the written paths."""
+def write_report(
+    sets: list[ResultSet], out_dir: str | os.PathLike, levels: list[float] | None = None
+) -> list[Path]:
+    """Write ``report.md`` and the plots the rows allow into ``out_dir``; returns the written paths.
+    ``levels``: time to reward at these reward levels, recomputed from the stored reward curves (instead
+    of the levels chosen at run time)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods, kernels = _rows(sets, "method"), _rows(sets, "kernel")
     ttr, curves = _rows(sets, "time_to_reward"), _rows(sets, "reward_curve")
+    if levels:
+        from easytune.bench.reward_time import level_rows
+
+        ttr = [row for curve in curves for row in level_rows(curve, levels)]
     ceilings = _rows(sets, "ceilings")
     lines = ["# easytune benchmark report", "", *_environment_md(sets)]
     if ceilings:

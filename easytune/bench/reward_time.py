@@ -86,6 +86,32 @@ def first_reach(
     return None, None
 
 
+def level_rows(curve_row: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:
+    """The ``time_to_reward`` rows of one ``reward_curve`` row, one per level (also for levels chosen
+    after the run: ``easytune bench report --levels``)."""
+    common = {
+        k: curve_row.get(k) for k in ("method", "preset", "device", "batch", "lr", "budget_s", "start_reward")
+    }
+    clock = curve_row.get("clock", "wall")
+    out = []
+    for level in levels:
+        t, i = first_reach(curve_row[f"{clock}_s"], curve_row["reward"], level)
+        wall_t, _ = first_reach(curve_row["wall_s"], curve_row["reward"], level)
+        out.append(
+            {
+                "kind": "time_to_reward",
+                "case": f"{curve_row['case']}/{level:g}",
+                **common,
+                "clock": clock,
+                "level": level,
+                "time_to_reward_s": t,
+                "wall_time_to_reward_s": wall_t,
+                "trainer_steps_to_reward": i,
+            }
+        )
+    return out
+
+
 def run_time_to_reward(
     preset: str,
     device: str,
@@ -122,7 +148,9 @@ def run_time_to_reward(
             start_reward = curve["reward"][0]
             levels = levels or [round(start_reward + d, 4) for d in DEFAULT_DELTAS]
             log(f"[bench time-to-reward] start reward {start_reward:.4f}; levels {levels}")
-        common = {
+        curve_row = {
+            "kind": "reward_curve",
+            "case": f"{case.label}/{preset}/b{batch}",
             "method": case.label,
             "preset": preset,
             "device": device,
@@ -130,23 +158,9 @@ def run_time_to_reward(
             "lr": lr,
             "budget_s": budget_s,
             "start_reward": curve["reward"][0],
+            **curve,
         }
-        rows.append({"kind": "reward_curve", "case": f"{case.label}/{preset}/b{batch}", **common, **curve})
-        for level in levels:
-            t, i = first_reach(curve[f"{curve['clock']}_s"], curve["reward"], level)
-            wall_t, _ = first_reach(curve["wall_s"], curve["reward"], level)
-            rows.append(
-                {
-                    "kind": "time_to_reward",
-                    "case": f"{case.label}/{preset}/b{batch}/{level:g}",
-                    **common,
-                    "clock": curve["clock"],
-                    "level": level,
-                    "time_to_reward_s": t,
-                    "wall_time_to_reward_s": wall_t,
-                    "trainer_steps_to_reward": i,
-                }
-            )
+        rows += [curve_row, *level_rows(curve_row, levels)]
         log(
             f"[bench time-to-reward] {case.label}: final reward {curve['reward'][-1]:.4f} after "
             f"{curve['trainer_steps']} steps / {curve['updates']} updates"

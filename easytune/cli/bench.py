@@ -117,6 +117,11 @@ def register(subparsers: Any) -> None:
     r = sub.add_parser("report", help="markdown table + PNG plots from result files")
     r.add_argument("results", nargs="+", help="easytune result files or pytest --benchmark-json files")
     r.add_argument("--out", required=True, help="folder for report.md and the plots")
+    r.add_argument(
+        "--levels",
+        default=None,
+        help="comma-separated reward levels: recompute time to reward from the stored reward curves",
+    )
     r.set_defaults(func=_report)
 
     c = sub.add_parser("compare", help="flag regressions of NEW against a baseline (exit status 1 if any)")
@@ -228,7 +233,8 @@ def _report(args: argparse.Namespace) -> int:
     from easytune.bench.report import write_report
     from easytune.bench.results import load_results
 
-    for path in write_report([load_results(p) for p in args.results], args.out):
+    levels = [float(x) for x in _csv(args.levels)] if args.levels else None
+    for path in write_report([load_results(p) for p in args.results], args.out, levels=levels):
         print(path)
     return 0
 
