@@ -87,6 +87,20 @@ def test_resume_reproduces_the_loss_curve_and_export_loads(assets, tmp_path):
     assert gen.sample(["a person walks"], [8], steps=2)[0].shape == (8, 263)
 
 
+def test_export_cli_can_leave_out_the_dataset_path(assets, tmp_path):
+    from easytune.cli import main
+
+    assert main(["export", str(assets["base"]), "--out", str(tmp_path / "kept.pt")]) == 0
+    assert main(["export", str(assets["base"]), "--out", str(tmp_path / "shipped.pt"), "--no-data-path",
+                 "--source", "unit test"]) == 0
+    kept = torch.load(tmp_path / "kept.pt", weights_only=True)["meta"]
+    shipped = torch.load(tmp_path / "shipped.pt", weights_only=True)["meta"]
+    assert kept["data"] == str(assets["data"])
+    assert "data" not in shipped and shipped["source"] == "unit test"
+    assert shipped["mean"] == kept["mean"] and shipped["std"] == kept["std"]
+    assert load_generator(tmp_path / "shipped.pt").data_dir is None
+
+
 def test_resume_refuses_a_different_method(assets, tmp_path):
     Run(_config(assets, tmp_path, steps=1)).train()
     with pytest.raises(ConfigError, match="method"):

@@ -17,11 +17,13 @@ $EASYTUNE data check "$DATA" -q
 
 # 1. Motion VAE, then the latent denoiser on its frozen latents (preset `tiny`), exported without
 #    optimizer state.
-$EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 600 --batch-size 16 --lr 5e-4 --warmup 50 \
+#    The VAE loss (MSE on the features, no joint-position term) comes from the preset's train defaults.
+$EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 3600 --batch-size 16 --lr 2e-3 --warmup 200 \
     --out "$WORK/vae.pt" --seed 0 --no-progress
-$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 1000 --batch-size 32 \
+$EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 3000 --batch-size 32 \
     --lr 5e-4 --warmup 50 --out "$WORK/mld_train.pt" --seed 0 --no-progress
-$EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt"
+$EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt" --no-data-path \
+    --source "easytune/assets/build_assets.sh (pretrain vae + pretrain mld, preset tiny, synthetic data 600 clips seed 0)"
 # 2. Reward model: stage 1 (retrieval + reconstruction), then SPL self-refinement (lr 1e-5, top-10).
 $EASYTUNE reward train --data "$DATA" --preset tiny --steps 300 --lr 5e-4 --sample-scale 1.0 \
     --out "$WORK/reward_stage1.pt" --seed 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 STAGE_HELP = {
-    "vae": "the MLD motion VAE (feature reconstruction + joint positions + 1e-4 KL)",
+    "vae": "the MLD motion VAE (feature reconstruction [+ joint positions] + KL; weights from the preset)",
     "mld": "the MLD latent denoiser on a frozen VAE (--vae CKPT), epsilon prediction",
     "mdm": "the MDM frame denoiser, x0 prediction",
 }
@@ -40,6 +40,12 @@ def register(subparsers: Any) -> None:
         if stage == "mld":
             p.add_argument("--vae", default=None, metavar="CKPT",
                            help="VAE checkpoint (from `easytune pretrain vae`, or an MLD / MotionLCM one)")
+        if stage == "vae":
+            p.add_argument("--rec-loss", choices=["smooth_l1", "mse"], default=None,
+                           help="feature reconstruction loss (default: the preset's, else smooth_l1)")
+            p.add_argument("--kl-weight", type=float, default=None, help="default: the preset's, else 1e-4")
+            p.add_argument("--joints-weight", type=float, default=None,
+                           help="weight of the joint-position loss (default: the preset's, else 1.0)")
         p.add_argument("--cond-drop", type=float, default=0.1,
                        help="condition dropout for classifier-free guidance")
         p.add_argument("--device", default="cpu")
@@ -57,7 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema=args.ema, ckpt_every=args.ckpt_every,
         resume=out if args.resume and out.is_file() else None, seed=args.seed,
         text_encoder=args.text_encoder, vae=getattr(args, "vae", None), device=args.device,
-        cond_drop=args.cond_drop, log_every=args.log_every, show_progress=not args.no_progress)
+        cond_drop=args.cond_drop, log_every=args.log_every, show_progress=not args.no_progress,
+        rec_loss=getattr(args, "rec_loss", None), kl_weight=getattr(args, "kl_weight", None),
+        joints_weight=getattr(args, "joints_weight", None))
     result = pretrain(opts)
     tail = [v for _, v in result.losses[-50:]]
     print(f"pretrain {args.stage}: {len(result.losses)} steps (to step {result.steps}) in "

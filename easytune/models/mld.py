@@ -26,6 +26,7 @@ from easytune.models.layers import (
     TimestepEmbedding,
     activation,
     check_lengths,
+    sinusoidal_table,
     timestep_embedding,
 )
 
@@ -107,6 +108,12 @@ class MotionVAE(nn.Module):
         self.global_motion_token = nn.Parameter(torch.randn(2 * c.latent_size, w))
         self.skel_embedding = nn.Linear(c.nfeats, w)
         self.final_layer = nn.Linear(w, c.nfeats)
+        # The frame position tables stay learned (checkpoint layout unchanged) but start as a sinusoid
+        # instead of i.i.d. uniform rows: neighbouring frames then begin with similar queries, which the
+        # decoder needs to produce motion that varies over time (measured in docs/models.md).
+        with torch.no_grad():
+            for table in (self.query_pos_encoder.pe, self.query_pos_decoder.pe):
+                table.copy_(sinusoidal_table(c.max_len, w)[:, None])
 
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor | None = None, *,
                sample: bool = True) -> tuple[torch.Tensor, torch.distributions.Normal]:

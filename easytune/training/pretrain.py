@@ -40,12 +40,19 @@ log = logging.getLogger("easytune.pretrain")
 
 STAGES = ("vae", "mld", "mdm")
 # Options that default to the preset's ``train[stage]`` values and are recorded in ``meta["train"]``.
-TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema")
+TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema", "rec_loss", "kl_weight", "joints_weight")
+# VAE loss settings a preset may leave out: MotionLCM's (smooth-L1 features + joints + 1e-4 KL).
+VAE_LOSS_DEFAULTS: dict[str, Any] = {"rec_loss": "smooth_l1", "kl_weight": 1e-4, "joints_weight": 1.0}
+REC_LOSSES = ("smooth_l1", "mse")
 
 
 @dataclass
 class PretrainOptions:
     """What ``pretrain`` runs. ``None`` fields take the preset's defaults (``preset['train'][stage]``).
+
+    VAE loss: ``rec_loss`` (``smooth_l1`` or ``mse`` on the normalised features, valid frames), plus
+    ``joints_weight`` x smooth-L1 on joint positions recovered from the features, plus ``kl_weight`` x KL;
+    unset in the preset too, they are ``VAE_LOSS_DEFAULTS``.
 
     ``resume``: a training checkpoint to continue from (its config wins over ``preset`` / ``text_encoder``).
     ``vae``: the VAE (or MLD) checkpoint whose frozen VAE the ``mld`` stage trains on.
@@ -67,8 +74,9 @@ class PretrainOptions:
     vae: str | Path | None = None
     device: str = "cpu"
     cond_drop: float = 0.1
-    kl_weight: float = 1e-4
-    joints_weight: float = 1.0
+    rec_loss: str | None = None
+    kl_weight: float | None = None
+    joints_weight: float | None = None
     max_grad_norm: float = 1.0
     log_every: int = 100
     show_progress: bool = True
@@ -102,6 +110,15 @@ def _check(opts: PretrainOptions) -> None:
         raise ConfigError(f"condition dropout must be in [0, 1), got {opts.cond_drop}")
     if opts.ema is not None and not 0.0 < opts.ema < 1.0:
         raise ConfigError(f"--ema DECAY must be in (0, 1), got {opts.ema}")
+    if opts.rec_loss is not None and opts.rec_loss not in REC_LOSSES:
+        raise ConfigError(f"rec_loss must be one of {REC_LOSSES}, got {opts.rec_loss!r}")
+    for name in ("kl_weight", "joints_weight"):
+        value = getattr(opts, name)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    loss_opts = [k for k in VAE_LOSS_DEFAULTS if getattr(opts, k) is not None]
+    if opts.stage != "vae" and loss_opts:
+        raise ConfigError(f"{loss_opts} only apply to the vae stage, not {opts.stage!r}")
 
 
 class _Batches:
@@ -149,12 +166,13 @@ def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _Stage:
     """The per-stage parts of the loop: which module trains and how a batch becomes a loss."""
 
-    def __init__(self, opts: PretrainOptions, config: dict[str, Any], device: torch.device,
-                 mean: np.ndarray, std: np.ndarray, vae_state: dict[str, torch.Tensor] | None) -> None:
+    def __init__(self, opts: PretrainOptions, config: dict[str, Any], train: dict[str, Any],
+                 device: torch.device, mean: np.ndarray, std: np.ndarray,
+                 vae_state: dict[str, torch.Tensor] | None) -> None:
         from easytune.models.mdm import MDM
         from easytune.models.mld import MLD, MotionVAE, VAEConfig, config_from_dict
 
-        self.opts, self.config, self.device = opts, config, device
+        self.opts, self.config, self.train, self.device = opts, config, train, device
         self.mean = torch.as_tensor(mean, device=device)
         self.std = torch.as_tensor(std, device=device)
         if opts.stage == "vae":
@@ -204,15 +222,16 @@ class _Stage:
         from easytune.data.features import recover_from_ric
 
         rec, _, posterior = self.model(feats, lengths)
-        rec_loss = _masked_mean(F.smooth_l1_loss(rec, feats, reduction="none"), mask)
+        rec_fn = F.mse_loss if self.train["rec_loss"] == "mse" else F.smooth_l1_loss
+        rec_loss = _masked_mean(rec_fn(rec, feats, reduction="none"), mask)
         kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).mean()
-        loss = rec_loss + self.opts.kl_weight * kl
+        loss = rec_loss + self.train["kl_weight"] * kl
         parts = {"rec": rec_loss.item(), "kl": kl.item()}
-        if self.opts.joints_weight > 0:
+        if self.train["joints_weight"] > 0:
             joints_rec = recover_from_ric(rec * self.std + self.mean)
             joints_ref = recover_from_ric(feats * self.std + self.mean)
             joints_loss = _masked_mean(F.smooth_l1_loss(joints_rec, joints_ref, reduction="none"), mask)
-            loss = loss + self.opts.joints_weight * joints_loss
+            loss = loss + self.train["joints_weight"] * joints_loss
             parts["joints"] = joints_loss.item()
         return loss, parts
 
@@ -297,6 +316,8 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
             raise CheckpointError(f"{opts.resume}: not a training checkpoint of stage {opts.stage!r} "
                                   f"(stage {meta.get('stage')!r}; needs config, optimizer, step, rng)")
         config, train = ckpt["config"], meta["train"]
+        if any(getattr(opts, k) is not None for k in VAE_LOSS_DEFAULTS):
+            raise ConfigError(f"{opts.resume}: a resumed run keeps its loss settings {train}")
     else:
         config, train = _resolve(opts, lambda spec: build_text_encoder(spec).sentence_dim,
                                  dataset.feature_dim)
@@ -307,9 +328,11 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
             _check_normalisation(vae_meta, dataset, opts.vae)
         train = {**train, **{k: getattr(opts, k) for k in TRAIN_KEYS if getattr(opts, k) is not None}}
         train.setdefault("ema", None)
+    if opts.stage == "vae":
+        train = {**VAE_LOSS_DEFAULTS, **train}
     steps = opts.steps or train["steps"]
 
-    stage = _Stage(opts, config, device, dataset.mean, dataset.std, vae_state)
+    stage = _Stage(opts, config, train, device, dataset.mean, dataset.std, vae_state)
     params = [p for p in stage.trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train["lr"], betas=(0.9, 0.999), weight_decay=0.0)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(train["warmup"], steps))
