@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from easytune.errors import CheckpointError
+from easytune.errors import CheckpointError, ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -24,8 +25,10 @@ def resolve_checkpoint(path: str | os.PathLike, asset: str, what: str) -> Path:
         return Path(path)
     default = ASSETS / asset
     if not default.is_file():
-        raise CheckpointError(f"{default}: the embedded default {what} is missing; rebuild it with "
-                              "easytune/assets/build_assets.sh or pass a checkpoint path")
+        raise CheckpointError(
+            f"{default}: the embedded default {what} is missing; rebuild it with "
+            "easytune/assets/build_assets.sh or pass a checkpoint path"
+        )
     return default
 
 
@@ -106,3 +109,47 @@ def load_state_dict_strict(
             f"{source}: state dict does not match {type(module).__name__}; " + "; ".join(parts)
         )
     module.load_state_dict(state_dict, strict=True)
+
+
+class ConfigCheckpointMixin:
+    """For modules with a dataclass ``config``: ``checkpoint(meta)`` gives ``{"state_dict", "config",
+    "meta"}`` (the easytune layout, tensors on the CPU) and ``save(path, meta)`` writes it atomically."""
+
+    config: Any
+
+    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},  # type: ignore[attr-defined]
+            "config": asdict(self.config),
+            "meta": dict(meta or {}),
+        }
+
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        return save_atomic(self.checkpoint(meta), path)
+
+
+# Training options that may change when a run is resumed (a longer run, other logging).
+RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every")
+
+
+def load_training_checkpoint(
+    path: str | os.PathLike, train_config: dict[str, Any], stage: str | None = None
+) -> dict[str, Any]:
+    """The training checkpoint at ``path`` for resuming a run with options ``train_config`` (compared with
+    its ``meta.train_config`` except ``RESUMABLE_CHANGES``) and, when given, ``meta.stage``. Raises
+    ``CheckpointError`` without optimizer state, ``ConfigError`` listing (saved, now) on a mismatch."""
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path}: not a training checkpoint (no optimizer state); cannot resume")
+    meta = ckpt.get("meta", {})
+    saved = dict(meta.get("train_config", {}))
+    mismatch = {
+        k: (saved.get(k), v)
+        for k, v in train_config.items()
+        if k not in RESUMABLE_CHANGES and saved.get(k) != v
+    }
+    if stage is not None and meta.get("stage") != stage:
+        mismatch["stage"] = (meta.get("stage"), stage)
+    if mismatch:
+        raise ConfigError(f"{path}: cannot resume, the training options differ (saved, now): {mismatch}")
+    return ckpt

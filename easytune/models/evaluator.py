@@ -18,8 +18,7 @@ evaluator's own when they differ.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, resolve_checkpoint, save_atomic
+from easytune.checkpoint import (
+    ConfigCheckpointMixin,
+    load_checkpoint,
+    load_state_dict_strict,
+    resolve_checkpoint,
+)
 from easytune.errors import CheckpointError, ConfigError
 
 
@@ -116,7 +120,7 @@ class BiGRUEncoder(nn.Module):
         return self.output_net(torch.cat([last[0], last[1]], dim=-1))
 
 
-class MotionTextEvaluator(nn.Module):
+class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
     """Text and motion embeddings [B, embed_dim] in one Euclidean space (matched pairs close)."""
 
     def __init__(self, config: EvaluatorConfig, text_encoder: Any | None = None) -> None:
@@ -187,16 +191,6 @@ class MotionTextEvaluator(nn.Module):
         self.eval()
         self.requires_grad_(False)
         return self
-
-    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "config": asdict(self.config),
-            "meta": dict(meta or {}),
-        }
-
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        return save_atomic(self.checkpoint(meta), path)
 
     @classmethod
     def from_checkpoint(

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,12 @@ import torch
 from torch import nn
 
 from easytune import ops
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, resolve_checkpoint, save_atomic
+from easytune.checkpoint import (
+    ConfigCheckpointMixin,
+    load_checkpoint,
+    load_state_dict_strict,
+    resolve_checkpoint,
+)
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import (
     LearnedPositionalEncoding,
@@ -130,7 +135,7 @@ def _prefix_lengths(mask: torch.Tensor, what: str) -> torch.Tensor:
     return lengths.long()
 
 
-class RewardModel(nn.Module):
+class RewardModel(ConfigCheckpointMixin, nn.Module):
     """Text-motion retrieval model; ``reward(...)`` is the fine-tuning reward.
 
     ``text_encoder`` (an ``easytune.text.TextEncoder``, frozen, not part of the state dict) turns captions
@@ -368,18 +373,6 @@ class RewardModel(nn.Module):
             raise ConfigError(
                 f"reward model: lengths must lie in [1, {feats.shape[1]}], got {lengths.tolist()}"
             )
-
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``{"state_dict", "config", "meta"}`` in the easytune layout (text encoder not included)."""
-        return {
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "config": asdict(self.config),
-            "meta": dict(meta or {}),
-        }
-
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        return save_atomic(self.checkpoint(meta), path)
 
     @classmethod
     def from_checkpoint(

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from easytune import metrics
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
-from easytune.errors import CheckpointError, ConfigError
+from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
+from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
 from easytune.train_utils import check_finite, seed_everything
 from easytune.training.reward import load_split, seeded_batches
@@ -101,17 +101,7 @@ def train_evaluator(
     train_set = load_split(data, "train", seed=cfg.seed) if train_set is None else train_set
     start = 0
     if resume and out.is_file():
-        ckpt = load_checkpoint(out)
-        if "optimizer" not in ckpt:
-            raise CheckpointError(f"{out}: not a training checkpoint (no optimizer state); cannot resume")
-        saved = dict(ckpt["meta"].get("train_config", {}))
-        mismatch = {
-            k: (saved.get(k), v)
-            for k, v in asdict(cfg).items()
-            if k not in ("steps", "log_every", "ckpt_every") and saved.get(k) != v
-        }
-        if mismatch:
-            raise ConfigError(f"{out}: cannot resume, the training options differ (saved, now): {mismatch}")
+        ckpt = load_training_checkpoint(out, asdict(cfg))
         load_state_dict_strict(model, ckpt["state_dict"], str(out))
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])

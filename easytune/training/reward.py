@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from easytune import metrics
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic
-from easytune.errors import CheckpointError, ConfigError
+from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
+from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.train_utils import check_finite, seed_everything
 
@@ -347,20 +347,7 @@ def train_reward_model(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if resume and out.is_file():
-        ckpt = load_checkpoint(out)
-        if "optimizer" not in ckpt:
-            raise CheckpointError(f"{out}: not a training checkpoint (no optimizer state); cannot resume")
-        saved = dict(ckpt["meta"].get("train_config", {}))
-        mismatch = {
-            k: (saved.get(k), v)
-            for k, v in asdict(cfg).items()
-            if k not in ("steps", "log_every", "ckpt_every") and saved.get(k) != v
-        }
-        if mismatch or ckpt["meta"].get("stage") != stage:
-            raise ConfigError(
-                f"{out}: cannot resume, the training options differ (saved, now): {mismatch} "
-                f"stage {ckpt['meta'].get('stage')!r} vs {stage!r}"
-            )
+        ckpt = load_training_checkpoint(out, asdict(cfg), stage)
         load_state_dict_strict(model, ckpt["state_dict"], str(out))
         opt.load_state_dict(ckpt["optimizer"])
         _restore_rng(ckpt["rng"], gen)

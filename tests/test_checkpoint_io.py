@@ -1,0 +1,49 @@
+"""Atomic checkpoint writes, the config-checkpoint mixin and resuming a training checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from easytune.checkpoint import ConfigCheckpointMixin, load_checkpoint, load_training_checkpoint, save_atomic
+from easytune.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class _Config:
+    width: int = 3
+
+
+class _Model(ConfigCheckpointMixin, nn.Module):
+    def __init__(self, config: _Config) -> None:
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(config.width, 2)
+
+
+def test_mixin_saves_the_easytune_layout_atomically(tmp_path):
+    model = _Model(_Config(4))
+    path = model.save(tmp_path / "m.pt", {"note": "x"})
+    ckpt = load_checkpoint(path)
+    assert set(ckpt) == {"state_dict", "config", "meta"}
+    assert ckpt["config"] == {"width": 4} and ckpt["meta"] == {"note": "x"}
+    torch.testing.assert_close(ckpt["state_dict"]["linear.weight"], model.linear.weight.detach())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+
+
+def test_training_checkpoint_resume_checks(tmp_path):
+    train_config = {"lr": 1e-3, "steps": 10, "log_every": 5, "seed": 0}
+    base = {"state_dict": {}, "meta": {"stage": "spl", "train_config": train_config}}
+    path = save_atomic({**base, "optimizer": {}}, tmp_path / "run.pt")
+    longer = {**train_config, "steps": 20, "log_every": 1}  # may change on resume
+    assert load_training_checkpoint(path, longer, "spl")["meta"]["stage"] == "spl"
+    with pytest.raises(ConfigError, match=r"'lr': \(0.001, 0.1\)"):
+        load_training_checkpoint(path, {**train_config, "lr": 0.1}, "spl")
+    with pytest.raises(ConfigError, match=r"'stage': \('spl', 'stage1'\)"):
+        load_training_checkpoint(path, train_config, "stage1")
+    exported = save_atomic(base, tmp_path / "exported.pt")
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        load_training_checkpoint(exported, train_config)
