@@ -382,3 +382,14 @@ def build_text_encoder(spec: str = "builtin", **kw: Any) -> TextEncoder:
         f"unknown text encoder spec {spec!r}: expected 'builtin[:token_dim=..,sentence_dim=..]' or "
         "'sentence-transformers:<model folder or installed package>'"
     )
+
+
+def bind_text_encoder(config: Any, text_encoder: TextEncoder | None = None) -> tuple[Any, TextEncoder]:
+    """For a model config dataclass with ``text_encoder`` (spec) and ``text_dim`` fields: the encoder
+    (built from the spec when not given) and the config with both fields following it."""
+    from dataclasses import replace
+
+    if text_encoder is None:
+        text_encoder = build_text_encoder(config.text_encoder)
+    spec = getattr(text_encoder, "spec", config.text_encoder)
+    return replace(config, text_dim=text_encoder.token_dim, text_encoder=spec), text_encoder

@@ -453,14 +453,6 @@ def build_reward_model(
     """
     if preset not in PRESETS:
         raise ConfigError(f"reward model preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    config = replace(PRESETS[preset], **overrides)
-    if text_encoder is None:
-        from easytune.text import build_text_encoder
+    from easytune.text import bind_text_encoder
 
-        text_encoder = build_text_encoder(config.text_encoder)
-    config = replace(
-        config,
-        text_dim=text_encoder.token_dim,
-        text_encoder=getattr(text_encoder, "spec", config.text_encoder),
-    )
-    return RewardModel(config, text_encoder)
+    return RewardModel(*bind_text_encoder(replace(PRESETS[preset], **overrides), text_encoder))
