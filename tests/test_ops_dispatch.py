@@ -70,7 +70,7 @@ def test_auto_never_picks_the_triton_interpreter():
 def test_auto_logs_why_it_skips_a_backend_once(caplog, monkeypatch):
     monkeypatch.setattr(dispatch, "_LOGGED", set())
     inputs = _qkv(dtype=torch.float64)
-    with caplog.at_level(logging.INFO, logger="easytune.ops"):
+    with caplog.at_level(logging.DEBUG, logger="easytune.ops"):
         for _ in range(3):
             assert dispatch.resolve("attention", **inputs).backend == "sdpa"
     triton_lines = [r.getMessage() for r in caplog.records if "skips backend triton" in r.getMessage()]

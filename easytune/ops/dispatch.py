@@ -124,7 +124,7 @@ def _choose(op: str, backend: str | None, **inputs: Any) -> str:
         key = (op, impl.backend, "; ".join(reasons))
         if key not in _LOGGED:
             _LOGGED.add(key)
-            log.info("%s: auto skips backend %s: %s", op, impl.backend, key[2])
+            log.debug("%s: auto skips backend %s: %s", op, impl.backend, key[2])
     raise BackendUnavailableError(f"{op}: no backend can run these inputs ({' | '.join(skipped)})")
 
 
