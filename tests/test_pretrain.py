@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from motion_data import write_random_motions
 
 from easytune.checkpoint import load_checkpoint
 from easytune.cli import main
@@ -22,20 +23,9 @@ CAPTIONS = ["a person walks forward", "someone jumps twice", "a man waves his le
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """A 12-clip HumanML3D-layout dataset with random features (lengths 40..56)."""
-    root = tmp_path_factory.mktemp("motions")
-    rng = np.random.default_rng(0)
-    (root / "new_joint_vecs").mkdir()
-    (root / "texts").mkdir()
-    ids = [f"{i:06d}" for i in range(12)]
-    for i, clip in enumerate(ids):
-        feats = rng.normal(size=(40 + 4 * (i % 5), 263)).astype(np.float32)
-        np.save(root / "new_joint_vecs" / f"{clip}.npy", feats)
-        cap = CAPTIONS[i % len(CAPTIONS)]
-        (root / "texts" / f"{clip}.txt").write_text(f"{cap}#a/DET#0.0#0.0\n{cap} slowly#a/DET#0.0#0.0\n")
-    (root / "train.txt").write_text("\n".join(ids) + "\n")
-    np.save(root / "Mean.npy", np.zeros(263, dtype=np.float32))
-    np.save(root / "Std.npy", np.ones(263, dtype=np.float32))
-    return root
+    caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(12)]
+    return write_random_motions(tmp_path_factory.mktemp("motions"), [40 + 4 * (i % 5) for i in range(12)],
+                                [(c, f"{c} slowly") for c in caps])
 
 
 def _opts(stage: str, data: Path, out: Path, **kw) -> PretrainOptions:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from motion_data import write_random_motions
 
 from easytune.checkpoint import load_checkpoint
 from easytune.data.features import recover_from_ric
@@ -23,19 +23,8 @@ from easytune.training.pretrain import VAE_LOSS_DEFAULTS, PretrainOptions, _Batc
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """Four clips of random features (lengths 40..52), Mean 0.1 / Std 2 (so de-normalising matters)."""
-    root = tmp_path_factory.mktemp("motions")
-    rng = np.random.default_rng(1)
-    (root / "new_joint_vecs").mkdir()
-    (root / "texts").mkdir()
-    ids = [f"{i:06d}" for i in range(4)]
-    for i, clip in enumerate(ids):
-        feats = rng.normal(size=(40 + 4 * i, 263)).astype(np.float32)
-        np.save(root / "new_joint_vecs" / f"{clip}.npy", feats)
-        (root / "texts" / f"{clip}.txt").write_text("a person walks#a/DET#0.0#0.0\n")
-    (root / "train.txt").write_text("\n".join(ids) + "\n")
-    np.save(root / "Mean.npy", np.full(263, 0.1, dtype=np.float32))
-    np.save(root / "Std.npy", np.full(263, 2.0, dtype=np.float32))
-    return root
+    return write_random_motions(tmp_path_factory.mktemp("motions"), [40 + 4 * i for i in range(4)],
+                                [("a person walks",)] * 4, mean=0.1, std=2.0, seed=1)
 
 
 def _reference_first_loss(root: Path, rec_loss: str, kl_weight: float, joints_weight: float) -> float:
