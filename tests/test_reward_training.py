@@ -242,3 +242,14 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     assert set(result["grouped"]["t2m"]) == {"R@1", "R@2", "R@3", "R@5", "R@10", "MedR"}
     assert "groups of 12" in capsys.readouterr().out
     assert main(["reward", "refine", "--init", str(s1), "--out", str(s2), "--spl-weight", "-1", *common]) == 2
+    # export: weights, config and metadata only; --no-data-path drops the local data and init paths
+    shipped = tmp_path / "shipped.pt"
+    assert main(["export", str(s2), "--out", str(shipped), "--no-data-path", "--source", "test"]) == 0
+    ckpt = torch.load(shipped, weights_only=True)
+    assert set(ckpt) == {"state_dict", "config", "meta"}
+    assert ckpt["meta"]["stage"] == "spl" and ckpt["meta"]["source"] == "test"
+    assert not {"data", "init"} & set(ckpt["meta"]) and {"data", "init"} <= set(meta)
+    full = torch.load(s2, weights_only=True)["state_dict"]
+    assert all(torch.equal(full[k], v) for k, v in ckpt["state_dict"].items()) and len(full) == len(
+        ckpt["state_dict"]
+    )

@@ -25,11 +25,16 @@ $EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps
 $EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt" --no-data-path \
     --source "easytune/assets/build_assets.sh (pretrain vae + pretrain mld, preset tiny, synthetic data 600 clips seed 0)"
 # 2. Reward model: stage 1 (retrieval + reconstruction), then SPL self-refinement (lr 1e-5, top-10).
-$EASYTUNE reward train --data "$DATA" --preset tiny --steps 300 --lr 5e-4 --sample-scale 1.0 \
+$EASYTUNE reward train --data "$DATA" --preset tiny --steps 600 --lr 5e-4 --sample-scale 1.0 \
     --out "$WORK/reward_stage1.pt" --seed 0
-$EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --steps 150 --out "$WORK/reward.pt" --seed 0
+$EASYTUNE reward refine --init "$WORK/reward_stage1.pt" --data "$DATA" --steps 150 --out "$WORK/reward_train.pt" \
+    --seed 0
+$EASYTUNE export "$WORK/reward_train.pt" --out "$WORK/reward.pt" --no-data-path --source "easytune/assets/build_assets.sh"
 # 3. The independent evaluator (different architecture and training from the reward model).
-$EASYTUNE evaluator train --data "$DATA" --preset tiny --steps 1000 --lr 5e-4 --out "$WORK/evaluator.pt" --seed 0
+$EASYTUNE evaluator train --data "$DATA" --preset tiny --steps 1000 --lr 5e-4 --out "$WORK/evaluator_train.pt" \
+    --seed 0
+$EASYTUNE export "$WORK/evaluator_train.pt" --out "$WORK/evaluator.pt" --no-data-path \
+    --source "easytune/assets/build_assets.sh"
 
 for name in mld_tiny reward evaluator; do cp "$WORK/$name.pt" "$OUT/$name.pt"; done
 echo "wrote $OUT/mld_tiny.pt $OUT/reward.pt $OUT/evaluator.pt"

@@ -1,9 +1,11 @@
-"""``easytune export``: an inference-only copy of an MLD / MDM training checkpoint.
+"""``easytune export``: an inference-only copy of a training checkpoint.
 
-Keeps the model weights (the EMA weights when the checkpoint has them), the config and the metadata
-(dataset Mean/Std, and the dataset's local path unless --no-data-path); drops optimizer, LR-scheduler
-and RNG state. The result loads with
-`easytune sample`, `easytune finetune --base` and `easytune.generation.load_generator`.
+MLD / MDM checkpoints (from `easytune pretrain` or `easytune finetune`): keeps the model weights (the EMA
+weights when the checkpoint has them), the config and the metadata (dataset Mean/Std); the result loads
+with `easytune sample`, `easytune finetune --base` and `easytune.generation.load_generator`.
+Reward-model (`easytune reward train|refine`) and evaluator (`easytune evaluator train`) checkpoints:
+keeps weights, config and metadata. Optimizer, LR-scheduler and RNG state are dropped in every case;
+`--no-data-path` also leaves out the local paths of the training data (for checkpoints you ship).
 """
 
 from __future__ import annotations
@@ -11,26 +13,44 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+LOCAL_PATH_KEYS = ("data", "init")  # meta entries that name files on the training machine
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("export", help="inference-only copy of an MLD / MDM checkpoint",
+    p = subparsers.add_parser("export", help="inference-only copy of a training checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ckpt", help="training checkpoint (from `easytune pretrain` or `easytune finetune`)")
+    p.add_argument("ckpt", help="training checkpoint (pretrain, finetune, reward or evaluator training)")
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA ones exist")
     p.add_argument("--no-data-path", action="store_true",
-                   help="leave out the local path of the training dataset (for checkpoints you ship); "
-                        "Mean/Std stay")
+                   help="leave out the local paths of the training data and init checkpoint (for "
+                        "checkpoints you ship); Mean/Std stay")
     p.add_argument("--source", default=None, help="a line on where the checkpoint comes from (meta.source)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from easytune.checkpoint import load_checkpoint
+
+    stage = load_checkpoint(args.ckpt).get("meta", {}).get("stage")
+    extra = {"source": args.source} if args.source else {}
+    if stage in ("stage1", "spl", "evaluator"):
+        from easytune.models.evaluator import MotionTextEvaluator
+        from easytune.models.reward import RewardModel
+
+        cls = MotionTextEvaluator if stage == "evaluator" else RewardModel
+        model = cls.from_checkpoint(args.ckpt)
+        meta = dict(load_checkpoint(args.ckpt)["meta"])
+        drop = LOCAL_PATH_KEYS if args.no_data_path else ()
+        path = model.save(args.out, {**{k: v for k, v in meta.items() if k not in drop}, **extra})
+        print(f"wrote {path} ({cls.__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+        return 0
     from easytune.generation import load_generator
 
     gen = load_generator(args.ckpt, use_ema=not args.no_ema)
     if args.no_data_path:
-        gen.meta.pop("data", None)
-    path = gen.save(args.out, gen.trainable.state_dict(), {"source": args.source} if args.source else None)
+        for key in LOCAL_PATH_KEYS:
+            gen.meta.pop(key, None)
+    path = gen.save(args.out, gen.trainable.state_dict(), extra or None)
     print(f"wrote {path} ({gen.kind}, {sum(p.numel() for p in gen.model.parameters()):,} parameters)")
     return 0
