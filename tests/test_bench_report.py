@@ -210,6 +210,6 @@ def test_time_to_reward_levels_are_read_off_the_stored_curves(tmp_path):
     path = write_results(tmp_path / "ttr.json", [fast, slow], {"device": "cpu", "commit": "abc"})
     write_report([load_results(path)], tmp_path / "out", levels=[0.5, 0.95])
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| EasyTune-10 | 1.0 (2.0) | not reached |" in text
-    assert "| DRaFT-10 | 8.0 (16.0) | not reached |" in text
+    assert "| EasyTune-10/tiny/b4 lr 0.0001 | 1.0 (2.0) | not reached |" in text
+    assert "| DRaFT-10/tiny/b4 lr 0.0001 | 8.0 (16.0) | not reached |" in text
     assert (tmp_path / "out" / "reward_curves.png").exists()

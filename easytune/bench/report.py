@@ -199,12 +199,18 @@ def _methods_md(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _ttr_label(row: dict[str, Any]) -> str:
+    """Method, preset and batch of a time-to-reward or reward-curve row, with its learning rate."""
+    lr = row.get("lr")
+    return f"{row['method']}/{row.get('preset')}/b{row.get('batch')}" + ("" if lr is None else f" lr {lr:g}")
+
+
 def _time_to_reward_md(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     levels = sorted({r["level"] for r in rows})
-    methods = sorted({r["method"] for r in rows})
-    cell = {(r["method"], r["level"]): r for r in rows}
+    methods = sorted({_ttr_label(r) for r in rows})
+    cell = {(_ttr_label(r), r["level"]): r for r in rows}
     lines = [
         "## Time to reward",
         "",
@@ -331,9 +337,9 @@ def _plot_reward_curves(plt: Any, rows: list[dict[str, Any]], path: Path) -> Non
     fig, ax = plt.subplots(figsize=(7, 4.5))
     clocks = sorted({r.get("clock", "wall") for r in rows})
     for r in rows:
-        ax.plot(r[f"{r.get('clock', 'wall')}_s"], r["reward"], label=r["case"])
+        ax.plot(r[f"{r.get('clock', 'wall')}_s"], r["reward"], label=_ttr_label(r))
     ax.set_xlabel(f"training seconds ({', '.join(clocks)} clock)")
-    ax.set_ylabel("running mean reward")
+    ax.set_ylabel("evaluation reward (batch mean, fixed noise)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
