@@ -308,6 +308,7 @@ def _plot_memory_vs_k(plt: Any, rows: list[dict[str, Any]], path: Path) -> bool:
                 label=f"{method} {preset} {device} b{batch}" + (" ckpt" if ckpt else ""),
             )
     for ax, title in zip(axes, ("peak memory (MiB)", "additional over no-grad sampling (MiB)")):
+        ax.set_yscale("log")  # batch sizes 2..64 share the axes
         ax.set_xlabel("K (steps with gradients)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
