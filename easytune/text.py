@@ -384,12 +384,13 @@ def build_text_encoder(spec: str = "builtin", **kw: Any) -> TextEncoder:
     )
 
 
-def bind_text_encoder(config: Any, text_encoder: TextEncoder | None = None) -> tuple[Any, TextEncoder]:
+def bind_text_encoder(config: Any, text_encoder: TextEncoder | str | None = None) -> tuple[Any, TextEncoder]:
     """For a model config dataclass with ``text_encoder`` (spec) and ``text_dim`` fields: the encoder
-    (built from the spec when not given) and the config with both fields following it."""
+    (``text_encoder`` itself, built from it when it is a spec string, or from the config's spec when None)
+    and the config with both fields following it."""
     from dataclasses import replace
 
-    if text_encoder is None:
-        text_encoder = build_text_encoder(config.text_encoder)
+    if text_encoder is None or isinstance(text_encoder, str):
+        text_encoder = build_text_encoder(config.text_encoder if text_encoder is None else text_encoder)
     spec = getattr(text_encoder, "spec", config.text_encoder)
     return replace(config, text_dim=text_encoder.token_dim, text_encoder=spec), text_encoder

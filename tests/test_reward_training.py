@@ -253,3 +253,17 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     assert all(torch.equal(full[k], v) for k, v in ckpt["state_dict"].items()) and len(full) == len(
         ckpt["state_dict"]
     )
+
+
+def test_text_encoder_spec_option_builds_that_encoder(tmp_path, data_dir):
+    spec = "builtin:token_dim=24,sentence_dim=16"
+    assert build_reward_model("tiny", text_encoder=spec).config.text_dim == 24
+    out = tmp_path / "r.pt"
+    args = ["--data", str(data_dir), "--out", str(out), "--steps", "1", "--batch-size", "6"]
+    args += ["--text-encoder", spec]
+    assert main(["reward", "train", *args]) == 0
+    config = torch.load(out, weights_only=True)["config"]
+    assert (config["text_encoder"], config["text_dim"]) == (build_text_encoder(spec).spec, 24)
+    assert main(["evaluator", "train", *[a if a != str(out) else str(tmp_path / "e.pt") for a in args]]) == 0
+    config = torch.load(tmp_path / "e.pt", weights_only=True)["config"]
+    assert (config["text_encoder"], config["text_dim"]) == (build_text_encoder(spec).spec, 24)

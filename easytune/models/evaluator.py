@@ -279,8 +279,8 @@ class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
 def build_evaluator(
     preset: str = "tiny", *, text_encoder: Any | None = None, **overrides: Any
 ) -> MotionTextEvaluator:
-    """A fresh evaluator from a preset (``t2m``: official sizes, ``tiny``); ``text_dim`` follows the
-    text encoder."""
+    """A fresh evaluator from a preset (``t2m``: official sizes, ``tiny``); ``text_encoder``: an encoder
+    object or a spec string (default: the preset's spec); ``text_dim`` follows it."""
     if preset not in PRESETS:
         raise ConfigError(f"evaluator preset must be one of {sorted(PRESETS)}, got {preset!r}")
     from easytune.text import bind_text_encoder

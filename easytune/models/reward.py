@@ -449,7 +449,8 @@ def build_reward_model(
 ) -> RewardModel:
     """A fresh (trainable) reward model from a preset (``paper`` | ``tiny``) with field overrides.
 
-    ``text_dim`` and ``text_encoder`` follow the text encoder (built from the preset's spec when not given).
+    ``text_encoder``: an encoder object or a spec string (default: the preset's spec); ``text_dim`` and the
+    config's ``text_encoder`` follow it.
     """
     if preset not in PRESETS:
         raise ConfigError(f"reward model preset must be one of {sorted(PRESETS)}, got {preset!r}")
