@@ -99,6 +99,12 @@ def test_export_cli_can_leave_out_the_dataset_path(assets, tmp_path):
     assert "data" not in shipped and shipped["source"] == "unit test"
     assert shipped["mean"] == kept["mean"] and shipped["std"] == kept["std"]
     assert load_generator(tmp_path / "shipped.pt").data_dir is None
+    assert main(["export", str(assets["base"]), "--out", str(tmp_path / "small.pt"), "--max-frames", "60",
+                 "--max-text-tokens", "1"]) == 0
+    small = torch.load(tmp_path / "small.pt", weights_only=True)
+    vae_rows = 60 + 2 * small["config"]["vae"]["latent_size"]
+    assert small["config"]["vae"]["max_len"] == vae_rows
+    assert small["state_dict"]["vae.query_pos_decoder.pe"].shape[0] == vae_rows
 
 
 def test_resume_refuses_a_different_method(assets, tmp_path):

@@ -130,6 +130,26 @@ def test_vae_padding_never_changes_valid_frames():
     assert (dec_long[~valid] == 0).all()
 
 
+def test_trim_positions_keeps_outputs_and_rejects_longer_inputs(tmp_path):
+    model = _small_mld().double().eval()
+    lengths, feats = torch.tensor([12, 7]), torch.randn(2, 12, 263, dtype=torch.float64)
+    x, cond = torch.randn(2, 2, 16, dtype=torch.float64), torch.randn(2, 1, model.denoiser.config.text_dim,
+                                                                      dtype=torch.float64)
+    with torch.no_grad():
+        before = (model.vae.encode(feats, lengths, sample=False)[0], model.denoiser(x, 5, cond))
+        model.trim_positions(max_frames=12, max_text_tokens=1)
+        after = (model.vae.encode(feats, lengths, sample=False)[0], model.denoiser(x, 5, cond))
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert model.vae.query_pos_encoder.pe.shape[0] == model.vae.config.max_len == 12 + 2 * 2
+    assert model.denoiser.query_pos.pe.shape[0] == model.denoiser.config.max_len == 2 + 1 + 1
+    with pytest.raises(ConfigError, match="longer than the learned positional table"):
+        model.vae.encode(torch.randn(1, 13, 263, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="cannot keep"):
+        model.trim_positions(max_frames=1000)
+    rebuilt = MLD.from_config(model.config_dict)  # the trimmed layout round-trips through a config
+    rebuilt.load_state_dict(model.state_dict())
+
+
 def test_denoiser_rows_are_independent_and_timestep_forms_agree():
     model = _small_mld().double()
     x = torch.randn(4, 2, 16, dtype=torch.float64)

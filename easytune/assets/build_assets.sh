@@ -22,7 +22,7 @@ $EASYTUNE pretrain vae --data "$DATA" --preset tiny --steps 3600 --batch-size 16
     --out "$WORK/vae.pt" --seed 0 --no-progress
 $EASYTUNE pretrain mld --data "$DATA" --preset tiny --vae "$WORK/vae.pt" --steps 3000 --batch-size 32 \
     --lr 5e-4 --warmup 50 --out "$WORK/mld_train.pt" --seed 0 --no-progress
-$EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt" --no-data-path \
+$EASYTUNE export "$WORK/mld_train.pt" --out "$WORK/mld_tiny.pt" --no-data-path --max-frames 196 --max-text-tokens 1 \
     --source "easytune/assets/build_assets.sh (pretrain vae + pretrain mld, preset tiny, synthetic data 600 clips seed 0)"
 # 2. Reward model: stage 1 (retrieval + reconstruction), then SPL self-refinement (lr 1e-5, top-10).
 $EASYTUNE reward train --data "$DATA" --preset tiny --steps 600 --lr 5e-4 --sample-scale 1.0 \

@@ -26,11 +26,16 @@ def register(subparsers: Any) -> None:
                    help="leave out the local paths of the training data and init checkpoint (for "
                         "checkpoints you ship); Mean/Std stay")
     p.add_argument("--source", default=None, help="a line on where the checkpoint comes from (meta.source)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="MLD: keep only the VAE position rows for motions of up to N frames")
+    p.add_argument("--max-text-tokens", type=int, default=None,
+                   help="MLD: keep only the denoiser position rows for up to N text tokens (1: a sentence)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from easytune.checkpoint import load_checkpoint
+    from easytune.errors import ConfigError
 
     stage = load_checkpoint(args.ckpt).get("meta", {}).get("stage")
     extra = {"source": args.source} if args.source else {}
@@ -48,6 +53,10 @@ def _run(args: argparse.Namespace) -> int:
     from easytune.generation import load_generator
 
     gen = load_generator(args.ckpt, use_ema=not args.no_ema)
+    if args.max_frames is not None or args.max_text_tokens is not None:
+        if gen.kind != "mld":
+            raise ConfigError(f"{args.ckpt}: --max-frames / --max-text-tokens apply to MLD checkpoints")
+        gen.model.trim_positions(args.max_frames, args.max_text_tokens)
     if args.no_data_path:
         for key in LOCAL_PATH_KEYS:
             gen.meta.pop(key, None)

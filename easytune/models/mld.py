@@ -286,6 +286,29 @@ class MLD(nn.Module):
         """Plain-python description ``from_config`` rebuilds the model from (a checkpoint's ``config``)."""
         return {"kind": "mld", "vae": asdict(self.vae.config), "denoiser": asdict(self.denoiser.config)}
 
+    def trim_positions(self, max_frames: int | None = None, max_text_tokens: int | None = None) -> None:
+        """Drop learned position rows that inputs within these bounds never read (smaller checkpoints;
+        outputs unchanged up to the bounds, longer inputs then raise a ``ConfigError``). ``max_frames``:
+        the VAE tables keep ``max_frames + 2 latent_size`` rows (encoder: distribution tokens + frames);
+        ``max_text_tokens``: the denoiser keeps ``latent_size + 1 + max_text_tokens`` (latent, time, text)."""
+        from dataclasses import replace
+
+        plans = []
+        if max_frames is not None:
+            rows = max_frames + 2 * self.vae.config.latent_size
+            plans += [(self.vae, (self.vae.query_pos_encoder, self.vae.query_pos_decoder), rows)]
+        if max_text_tokens is not None:
+            rows = self.denoiser.config.latent_size + 1 + max_text_tokens
+            plans += [(self.denoiser, (self.denoiser.query_pos,), rows)]
+        for module, tables, rows in plans:
+            if not 1 <= rows <= module.config.max_len:
+                raise ConfigError(f"trim_positions: {type(module).__name__} has {module.config.max_len} "
+                                  f"position rows; cannot keep {rows}")
+            for table in tables:
+                kept = table.pe.detach()[:rows].clone()
+                table.pe = nn.Parameter(kept, requires_grad=table.pe.requires_grad)
+            module.config = replace(module.config, max_len=rows)
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MLD:
         if config.get("kind") != "mld" or "vae" not in config or "denoiser" not in config:
