@@ -394,3 +394,16 @@ def bind_text_encoder(config: Any, text_encoder: TextEncoder | str | None = None
         text_encoder = build_text_encoder(config.text_encoder if text_encoder is None else text_encoder)
     spec = getattr(text_encoder, "spec", config.text_encoder)
     return replace(config, text_dim=text_encoder.token_dim, text_encoder=spec), text_encoder
+
+
+def config_text_encoder(config: Any, text_encoder: TextEncoder | None, what: str) -> TextEncoder:
+    """The text encoder of a model whose config has ``text_encoder`` (spec) and ``text_dim``: the one given
+    or one built from the spec; ``ConfigError`` (naming ``what``) when its token width is not ``text_dim``."""
+    if text_encoder is None:
+        text_encoder = build_text_encoder(config.text_encoder)
+    if text_encoder.token_dim != config.text_dim:
+        raise ConfigError(
+            f"{what} config text_dim={config.text_dim} but its text encoder "
+            f"{getattr(text_encoder, 'spec', text_encoder)!r} gives {text_encoder.token_dim}-d tokens"
+        )
+    return text_encoder

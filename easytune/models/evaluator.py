@@ -125,15 +125,9 @@ class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
 
     def __init__(self, config: EvaluatorConfig, text_encoder: Any | None = None) -> None:
         super().__init__()
-        if text_encoder is None:
-            from easytune.text import build_text_encoder
+        from easytune.text import config_text_encoder
 
-            text_encoder = build_text_encoder(config.text_encoder)
-        if text_encoder.token_dim != config.text_dim:
-            raise ConfigError(
-                f"evaluator config text_dim={config.text_dim} but its text encoder "
-                f"{getattr(text_encoder, 'spec', text_encoder)!r} gives {text_encoder.token_dim}-d tokens"
-            )
+        text_encoder = config_text_encoder(config, text_encoder, "evaluator")
         self.config = config
         self.__dict__["text_model"] = text_encoder  # frozen, outside the state dict
         c = config

@@ -145,15 +145,9 @@ class RewardModel(ConfigCheckpointMixin, nn.Module):
 
     def __init__(self, config: RewardConfig, text_encoder: Any | None = None) -> None:
         super().__init__()
-        if text_encoder is None:
-            from easytune.text import build_text_encoder
+        from easytune.text import config_text_encoder
 
-            text_encoder = build_text_encoder(config.text_encoder)
-        if text_encoder.token_dim != config.text_dim:
-            raise ConfigError(
-                f"reward model config text_dim={config.text_dim} but text encoder "
-                f"{getattr(text_encoder, 'spec', text_encoder)!r} gives {text_encoder.token_dim}-d tokens"
-            )
+        text_encoder = config_text_encoder(config, text_encoder, "reward model")
         self.config = config
         d = config.latent_dim
         # Kept out of the state dict and of .to(): the encoder is frozen and moves its outputs itself.
