@@ -13,6 +13,7 @@ on normalised features.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 
 from easytune.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("easytune.generation")
 
 MAX_FRAMES = 196  # HumanML3D's longest training crop; MDM samples are padded to it
 
@@ -56,6 +59,11 @@ class Generator:
             c = self.model.denoiser.config
             return (c.latent_size, c.latent_dim)
         return (MAX_FRAMES, self.model.config.nfeats)
+
+    @property
+    def max_frames(self) -> int:
+        """The longest motion (frames) this model samples: its VAE's for MLD, ``MAX_FRAMES`` for MDM."""
+        return self.model.vae.max_frames if self.kind == "mld" else MAX_FRAMES
 
     @property
     def data_dir(self) -> str | None:
@@ -107,8 +115,11 @@ class Generator:
             )
         if min(lengths) < 1 or steps < 1:
             raise ConfigError(f"sample: lengths and steps must be >= 1, got lengths {lengths}, steps {steps}")
-        if self.kind == "mdm" and max(lengths) > MAX_FRAMES:
-            raise ConfigError(f"sample: MDM lengths must be <= {MAX_FRAMES}, got {max(lengths)}")
+        if max(lengths) > self.max_frames:
+            raise ConfigError(
+                f"sample: length {max(lengths)} frames is longer than this {self.kind.upper()} can generate "
+                f"({self.max_frames} frames at most); lengths are in frames (20 fps in HumanML3D)"
+            )
         w = self.guidance_scale if guidance_scale is None else guidance_scale
         device = self.device
         self.scheduler.set_timesteps(steps)
@@ -209,6 +220,18 @@ def load_generator(
     scheduler = DDIMScheduler.from_config(
         config.get("scheduler") or (MLD_SCHEDULER if kind == "mld" else MDM_SCHEDULER)
     )
+    if (
+        not scheduler.config.set_alpha_to_one
+        and scheduler.config.steps_offset == 0
+        and scheduler.config.timestep_spacing == "leading"
+    ):
+        log.warning(
+            "%s: its DDIM scheduler ends at t=0 with set_alpha_to_one=False, so the last step is the "
+            "identity (samples keep residual noise; DRaFT-1 / DRaFT-LV get no gradient). Loaded as saved; "
+            "the %s preset now uses set_alpha_to_one=True",
+            path,
+            kind,
+        )
     guidance = float(config.get("guidance_scale", 7.5 if kind == "mld" else 2.5))
     return Generator(
         kind=kind,

@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from easytune.errors import NonFiniteLossError
+from easytune.errors import ConfigError, NonFiniteLossError
 
 T = TypeVar("T")
 
@@ -44,6 +44,20 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int, min_ratio: float =
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    """LR multiplier of ``schedule``: ``"constant"`` (linear warm-up over ``warmup_steps``, then 1) or
+    ``"cosine"`` (the same warm-up, then ``warmup_cosine_lambda``'s decay to 0 at ``total_steps``)."""
+    if schedule == "cosine":
+        return warmup_cosine_lambda(warmup_steps, total_steps)
+    if schedule != "constant":
+        raise ConfigError(f"LR schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def fn(step: int) -> float:
+        return (step + 1) / warmup_steps if warmup_steps > 0 and step < warmup_steps else 1.0
 
     return fn
 

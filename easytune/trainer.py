@@ -178,7 +178,7 @@ class Trainer:
         timesteps = [int(t) for t in self.scheduler.timesteps]
         # (alpha_prod_t, alpha_prod_t_prev) of every step, moved once: no host sync inside the loop
         alphas_t, alphas_prev = (a.to(x.device) for a in self.scheduler.alpha_pair(torch.tensor(timesteps)))
-        plans = self.method.plan(timesteps, self.generator)
+        plans = self.method.plan(timesteps, self.generator, self.scheduler.config.prediction_type)
         self._check_plan(plans, len(timesteps))
         self.last_plan = plans
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,10 +197,8 @@ class Trainer:
                 loss = -(plan.weight * self.reward_weight) * reward.mean()
                 self._guard(loss, "reward loss")
                 if not loss.requires_grad:
-                    raise ConfigError(
-                        "Trainer: the loss does not depend on the trainable weights: reward_fn and "
-                        "decode_fn must be differentiable (no .detach() / no_grad inside)"
-                    )
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise ConfigError(self._no_graph_message(plan, timesteps, x0_hat, x_prev))
                 loss.backward()
                 rewards.append(float(reward.detach().mean()))
                 losses.append(float(loss.detach()))
@@ -241,6 +239,28 @@ class Trainer:
         losses = [p for p in plans if p.reward_on is not None]
         if not losses or not losses[-1].update:
             raise ConfigError(f"{name}.plan must end its loss terms with an update")
+
+    def _no_graph_message(
+        self, plan: StepPlan, timesteps: list[int], x0_hat: torch.Tensor, x_prev: torch.Tensor
+    ) -> str:
+        """Why a loss term has no autograd graph: the method's plan or a non-differentiable reward path."""
+        name = type(self.method).__name__
+        target = x0_hat if plan.reward_on == "x0_hat" else x_prev
+        where = (
+            f"{name} ({self.method!r}) plan {plan} at sampling step {plan.index} "
+            f"(timestep {timesteps[plan.index]}, prediction_type "
+            f"{self.scheduler.config.prediction_type!r})"
+        )
+        if not target.requires_grad:
+            return (
+                f"Trainer: the loss of {where} has no graph: the reward target {plan.reward_on!r} does not "
+                "depend on any trainable weight (no earlier step of this plan kept a graph that reaches it, "
+                "and this step runs without one). The method's plan cannot train on this prediction type."
+            )
+        return (
+            f"Trainer: the loss of {where} has no graph although the reward target does: reward_fn and "
+            "decode_fn must be differentiable (no .detach() / torch.no_grad() / .item() inside)"
+        )
 
     def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
         x_T = batch.get("x_T")

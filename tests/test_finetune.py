@@ -174,3 +174,85 @@ def test_check_in_sync_detects_divergence(monkeypatch):
     monkeypatch.setattr(distributed.dist, "all_gather", fake_all_gather)
     with pytest.raises(RuntimeError, match="diverged"):
         distributed.check_in_sync(torch.nn.Linear(2, 2), info)
+
+
+# ------------------------------------------------------------------- issue 12: frozen path, LR, messages
+@pytest.mark.parametrize("lora_rank", [None, 2])
+def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(assets, tmp_path, lora_rank):
+    """The embedded tiny MLD and SPL reward model: at every update only the trainable parameters (the
+    denoiser, or its LoRA adapters) hold gradients, and the VAE and reward model stay bit-identical."""
+    cfg = _config(assets, tmp_path, base="default", reward="default", steps=2, num_inference_steps=5,
+                  lora_rank=lora_rank)
+    run = Run(cfg)
+    vae, reward = run.gen.model.vae, run.reward_model
+    frozen_before = {**{f"vae.{k}": v.clone() for k, v in vae.state_dict().items()},
+                     **{f"reward.{k}": v.clone() for k, v in reward.state_dict().items()}}
+    trained = {id(p) for p in run.optimizer.param_groups[0]["params"]}
+    assert not any(p.requires_grad for p in [*vae.parameters(), *reward.parameters()])
+    assert not vae.training and not reward.training
+    if lora_rank:
+        assert all("lora_" in n for n, p in run.gen.trainable.named_parameters() if id(p) in trained)
+    checked = []
+
+    def check(grads):  # at each update, after the backward
+        holders = [(n, p) for m in (run.gen.model, reward) for n, p in m.named_parameters()
+                   if p.grad is not None]
+        stray = [n for n, p in holders if id(p) not in trained]
+        assert holders and not stray, stray
+        checked.append(len(grads))
+
+    run.trainer.grad_reducer = check
+    history = run.train()
+    assert len(checked) == sum(int(r["updates"]) for r in history) == 4  # EasyTune k=2, 2 trajectories
+    after = {**{f"vae.{k}": v for k, v in vae.state_dict().items()},
+             **{f"reward.{k}": v for k, v in reward.state_dict().items()}}
+    assert all(torch.equal(frozen_before[k], after[k]) for k in frozen_before)
+    assert all(p.grad is None for p in [*vae.parameters(), *reward.parameters()])
+
+
+def test_lr_schedule_counts_trajectories_alike_for_every_method(assets, tmp_path):
+    """Warm-up over 2 trajectories: EasyTune-2 (2 updates per trajectory) and DRaFT (1) see the same LR per
+    trajectory, and reach the full LR on trajectory 3."""
+    lrs = {}
+    for method in ("easytune", "draft"):
+        cfg = _config(assets, tmp_path / method, method=method, steps=4, warmup=2, lr=1e-3, ckpt_every=0)
+        lrs[method] = [row["lr"] for row in Run(cfg).train()]
+    assert lrs["easytune"] == lrs["draft"] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    cos = _config(assets, tmp_path / "cos", steps=4, warmup=1, lr=1e-3, lr_schedule="cosine", ckpt_every=0)
+    assert [row["lr"] for row in Run(cos).train()] == pytest.approx([1e-3, 1e-3, 7.5e-4, 2.5e-4])
+
+
+def test_default_config_trains_at_the_given_lr_after_a_short_warmup():
+    from easytune.train_utils import lr_lambda
+
+    cfg = FinetuneConfig()
+    f = lr_lambda(cfg.lr_schedule, cfg.warmup, cfg.steps)
+    assert cfg.warmup < cfg.steps // 5
+    assert [f(s) for s in range(cfg.warmup, cfg.steps)] == [1.0] * (cfg.steps - cfg.warmup)
+
+
+def test_an_option_the_method_does_not_take_is_refused_by_name(assets, tmp_path, capsys):
+    from easytune.cli import main
+
+    with pytest.raises(ConfigError, match="--weighting does not apply to --method draft.*--k"):
+        FinetuneConfig(method="draft", method_options={"weighting": "early"}).validate()
+    with pytest.raises(ConfigError, match="--k does not apply to --method refl"):
+        build_method("refl", k=3)
+    code = main(["finetune", "--method", "draft", "--weighting", "early", "--out", str(tmp_path / "x"),
+                 "--data", str(assets["data"]), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--weighting does not apply to --method draft" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_only_rank_zero_writes_run_files(assets, tmp_path):
+    from easytune.training.distributed import DistInfo
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "written": "by rank 0"}\n')
+    run = Run(_config(assets, out, steps=1, ckpt_every=0))
+    run.info = DistInfo(rank=1, world_size=1, local_rank=1, device=torch.device("cpu"))
+    run.train()
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1, "written": "by rank 0"}\n'
+    assert not (out / "last.pt").exists() and not (out / "tb").exists()

@@ -202,3 +202,19 @@ def test_presets_build_and_paper_sizes():
     assert cfg["denoiser"]["text_dim"] == 768 and cfg["guidance_scale"] == 7.5
     with pytest.raises(ConfigError, match="unknown model preset"):
         get_preset("huge")
+
+
+def test_vae_decode_takes_a_list_of_lengths_or_says_what_it_expects():
+    from easytune.errors import ConfigError
+    from easytune.models.mld import MotionVAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = MotionVAE(VAEConfig(nfeats=263, latent_size=1, latent_dim=16, ff_size=32, num_layers=1,
+                              num_heads=2, dropout=0.0)).eval()
+    z = torch.randn(2, 1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decode(z, [5, 3]), vae.decode(z, torch.tensor([5, 3])))
+    for bad in ([5.0, 3.0], "5,3", None):
+        with pytest.raises(ConfigError, match="lengths must be an integer tensor"):
+            vae.decode(z, bad)
+    assert vae.max_frames == vae.config.max_len - 2

@@ -301,6 +301,52 @@ def test_drtune_stop_gradient_placement(seed):
     assert not torch.allclose(reference(detach_input=False)[0], grads[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_drtune_x0_prediction_keeps_the_early_stop_input_attached(seed):
+    """prediction_type="sample": x0_hat at t_min is the network output, so DRTune runs that step with grad
+    and its input attached; the gradient reaches t_min's weights and, through x_t, the trained steps."""
+    model, _, batch = make_setup(n_steps=10)
+    sched = DDIMScheduler(**MLD, prediction_type="sample")
+    sched.set_timesteps(10)
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.DRTune(k=3, m=4), seed=seed)
+    trainer.step(batch)
+    plan = trainer.last_plan
+    t_min = plan[-1].index
+    trained = {p.index for p in plan[:-1] if p.grad}
+    assert plan[-1].grad and not plan[-1].detach_input and all(p.detach_input for p in plan[:-1])
+    assert len(trained) >= 2
+
+    x = batch["x_T"]
+    for i, t in enumerate(sched.timesteps.tolist()[: t_min + 1]):
+        a_t, a_prev = ref_alphas(sched, t)
+        if i == t_min:
+            x0 = ref_eps(ref_model, x, t, batch, 3.0)  # the guided x0, input attached
+            loss = -ref_reward(x0, batch).mean()
+            grads = torch.autograd.grad(loss, params_of(ref_model))
+            break
+        with torch.set_grad_enabled(i in trained):
+            x0 = ref_eps(ref_model, x.detach(), t, batch, 3.0)  # the guided x0 prediction
+        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    assert_grads(opt.applied[0], grads)
+    assert all(torch.isfinite(g).all() for g in grads) and float(sum(g.abs().sum() for g in grads)) > 0
+
+
+def test_a_plan_without_a_gradient_path_names_the_method_step_and_plan():
+    class NoGraph(et.methods.Method):
+        def plan(self, timesteps, generator, prediction_type="epsilon"):
+            n = len(timesteps)
+            plans = [et.methods.StepPlan(i) for i in range(n - 1)]
+            return plans + [et.methods.StepPlan(n - 1, reward_on="x0_hat", update=True)]  # grad=False
+
+    model, sched, batch = make_setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = et.Trainer(model, sched, reward_fn, method=NoGraph(), optimizer=opt)
+    with pytest.raises(ConfigError, match=r"NoGraph.*sampling step 4 .*timestep 1,.*epsilon.*x0_hat"):
+        trainer.step(batch)
+
+
 def test_alignprop_truncation_with_checkpointing_equals_draft_tail():
     n = 8
     model, sched, batch = make_setup(n_steps=n)

@@ -97,43 +97,53 @@ def parse_cases(text: str) -> list[MethodCase]:
 
 @dataclass
 class Setup:
-    """Models, callables and one batch for a preset; ``trainer(method)`` builds a fresh Trainer + AdamW."""
+    """Models, callables and one batch for a preset. The reward path is frozen and the optimizer built by
+    ``easytune.training.objective.build_finetuning``, exactly as ``easytune finetune`` does;
+    ``trainer(method)`` builds a fresh Trainer + AdamW."""
 
     preset: str
     device: torch.device
     batch: dict[str, Any]
-    model: torch.nn.Module
+    gen: Any  # easytune.generation.Generator
     reward_model: torch.nn.Module
-    scheduler: Any
-    guidance_scale: float
-    latent_shape: tuple[int, int]
+    objective: Any  # easytune.training.objective.RewardObjective
     seed: int
+    checkpoint_frozen: bool = False
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.model.denoiser(x, t, cond)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.gen.model
 
-    def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.model.vae.decode(x0, batch["lengths"])
+    @property
+    def scheduler(self) -> Any:
+        return self.gen.scheduler
 
-    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.reward_model.reward(feats, batch["lengths"], batch["caption"])
+    @property
+    def guidance_scale(self) -> float:
+        return self.gen.guidance_scale
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.gen.latent_shape
 
     def all_parameters(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.reward_model.parameters()]
 
     def trainer(self, method: Any, lr: float = 1e-5) -> Any:
         from easytune.trainer import Trainer
+        from easytune.training.objective import build_finetuning
 
-        params = [p for p in self.model.denoiser.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        parts = build_finetuning(
+            self.gen, self.reward_model, lr=lr, checkpoint_frozen=self.checkpoint_frozen
+        )
         return Trainer(
-            self.denoise,
+            parts.objective.denoise,
             self.scheduler,
-            self.reward,
+            parts.objective.reward,
             method=method,
-            optimizer=optimizer,
+            optimizer=parts.optimizer,
             guidance_scale=self.guidance_scale,
-            decode_fn=self.decode,
+            decode_fn=parts.objective.decode_fn,
             max_grad_norm=1.0,
             latent_shape=self.latent_shape,
             seed=self.seed,
@@ -143,14 +153,14 @@ class Setup:
         """Inference on the same batch: guided DDIM sampling, decode, reward; returns the rewards [B]."""
         from easytune.diffusion import ddim_sample
 
-        b = self.batch
+        b, obj = self.batch, self.objective
         g = torch.Generator().manual_seed(self.seed)
         x_T = torch.randn((b["lengths"].shape[0], *self.latent_shape), generator=g).to(self.device)
         with torch.no_grad():
             x0 = ddim_sample(
-                self.denoise, self.scheduler, x_T, b["cond"], b["uncond"], guidance_scale=self.guidance_scale
+                obj.denoise, self.scheduler, x_T, b["cond"], b["uncond"], guidance_scale=self.guidance_scale
             )
-            return self.reward(self.decode(x0, b), b)
+            return obj.reward(obj.decode(x0, b), b)
 
 
 def motion_lengths(batch: int, seed: int, low: int = 40, high: int = 196) -> torch.Tensor:
@@ -179,11 +189,13 @@ def build_setup(
     the reward model (``easytune.models.layers.set_gradient_checkpointing``)."""
     from easytune.checkpoint import load_checkpoint
     from easytune.diffusion import DDIMScheduler
+    from easytune.generation import Generator
     from easytune.models.mld import MLD
     from easytune.models.presets import build_model, get_preset, model_config
     from easytune.models.reward import RewardModel, build_reward_model
     from easytune.text import build_text_encoder
     from easytune.train_utils import seed_everything
+    from easytune.training.objective import build_finetuning
 
     if preset not in ("mld", "tiny"):
         raise ConfigError(f"method benchmarks support presets 'mld' and 'tiny', got {preset!r}")
@@ -206,37 +218,24 @@ def build_setup(
         MLD.from_checkpoint(checkpoint) if checkpoint else build_model(model_config(spec, text.sentence_dim))
     )
     model = model.to(device)
-    model.vae.eval().requires_grad_(False)
-    model.denoiser.eval()
-    reward_model = reward_model.to(device).freeze()
-    if checkpoint_frozen:
-        from easytune.models.layers import set_gradient_checkpointing
-
-        set_gradient_checkpointing(model.vae)
-        set_gradient_checkpointing(reward_model)
+    reward_model = reward_model.to(device)
     scheduler = DDIMScheduler.from_config(spec["scheduler"])
     scheduler.set_timesteps(steps)
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
-    cond = text.encode(captions, device=device).sentence[:, None]
-    uncond = text.encode([""] * batch, device=device).sentence[:, None]
-    data = {
-        "cond": cond,
-        "uncond": uncond,
-        "caption": captions,
-        "lengths": motion_lengths(batch, seed).to(device),
-    }
-    vae = spec["vae"]
-    return Setup(
-        preset,
-        device,
-        data,
-        model,
-        reward_model,
-        scheduler,
-        float(spec["guidance_scale"]),
-        (vae["latent_size"], vae["latent_dim"]),
-        seed,
+    nfeats = model.vae.config.nfeats
+    gen = Generator(
+        kind="mld",
+        model=model,
+        text=text,
+        scheduler=scheduler,
+        guidance_scale=float(spec["guidance_scale"]),
+        mean=torch.zeros(nfeats),
+        std=torch.ones(nfeats),
     )
+    # The same freezing (VAE, reward model), eval mode and activation checkpointing as `easytune finetune`.
+    objective = build_finetuning(gen, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen).objective
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+    data = objective.batch(captions, motion_lengths(batch, seed), device)
+    return Setup(preset, device, data, gen, reward_model, objective, seed, checkpoint_frozen)
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

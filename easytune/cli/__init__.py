@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        if getattr(args, "device", None) is not None:  # one resolution for every command's --device
+            from easytune.device import resolve_device
+
+            args.device = str(resolve_device(args.device))
+            logging.getLogger("easytune").info("device: %s", args.device)
         return int(args.func(args) or 0)
     except EasytuneError as err:
         print(f"easytune {args.command}: error: {err}", file=sys.stderr)

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 log = logging.getLogger("easytune.analyze")
 
 
@@ -38,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--iters", type=int, default=20, help="Lanczos iterations per spectral norm")
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes per Frobenius norm (0: skip)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-plot", action="store_true", help="do not write analysis.png")
     p.set_defaults(func=_run)
 
@@ -64,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     from easytune.generation import load_generator
     from easytune.models.reward import RewardModel
     from easytune.train_utils import seed_everything
-    from easytune.training.finetune import PromptSampler, RewardObjective, dataset_prompts
+    from easytune.training.finetune import PromptSampler, dataset_prompts
+    from easytune.training.objective import RewardObjective
 
     for name in ("k", "trajectories", "batch", "steps", "iters"):
         if getattr(args, name) < 1:
@@ -73,8 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k ({args.k}) must not exceed --steps ({args.steps})")
     if args.probes < 0:
         raise ConfigError(f"--probes must be >= 0, got {args.probes}")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
-                          else args.device)
+    device = torch.device(args.device)  # resolved by easytune.cli.main
     rng = seed_everything(args.seed)
     gen = load_generator(args.base, data=args.data, device=device)
     reward_model = RewardModel.from_checkpoint(args.reward).to(device)

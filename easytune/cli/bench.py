@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 METHOD_DEFAULT_CASES = (
     "easytune-1,easytune-10,easytune-50,draft-1,draft-5,draft-10,draft-25,draft-50,refl-10,drtune,alignprop"
 )
@@ -27,11 +29,11 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
 
     env = sub.add_parser("env", help="print the environment record and whether NVML is available")
-    env.add_argument("--device", default="cpu")
+    env.add_argument("--device", default="auto", help=DEVICE_HELP)
     env.set_defaults(func=_env)
 
     ceil = sub.add_parser("ceilings", help="measure copy bandwidth and matmul throughput of the device")
-    ceil.add_argument("--device", default="cpu")
+    ceil.add_argument("--device", default="auto", help=DEVICE_HELP)
     ceil.add_argument(
         "--dtypes", default=None, help="comma-separated (default: float32 on CPU, +bfloat16 on GPU)"
     )
@@ -42,7 +44,7 @@ def register(subparsers: Any) -> None:
         "methods", help="memory and time per update of the fine-tuning methods (one row per case)"
     )
     m.add_argument("--preset", default="tiny", choices=("tiny", "mld"))
-    m.add_argument("--device", default="cpu")
+    m.add_argument("--device", default="auto", help=DEVICE_HELP)
     m.add_argument(
         "--batch", type=int, default=None, help="samples per trajectory (default: 4 on CPU, 64 on GPU)"
     )
@@ -75,7 +77,7 @@ def register(subparsers: Any) -> None:
         "time-to-reward", help="wall time for each method to reach reward levels (synthetic task)"
     )
     t.add_argument("--preset", default="tiny", choices=("tiny", "mld"))
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--cases", default="easytune-10,draft-50,refl-10,drtune,alignprop")
     t.add_argument(
@@ -98,7 +100,7 @@ def register(subparsers: Any) -> None:
     k = sub.add_parser(
         "kernels", help="attention, fused guidance+DDIM step and reward head against baselines"
     )
-    k.add_argument("--device", default="cpu")
+    k.add_argument("--device", default="auto", help=DEVICE_HELP)
     k.add_argument(
         "--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 CPU, bfloat16 GPU)"
     )

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -41,7 +43,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--name", default=None, help="row label (default: the checkpoint file name)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_run)
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("evaluator", help="train / check the independent evaluator (T2M style)")
@@ -26,7 +28,7 @@ def register(subparsers: Any) -> None:
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue --out if it exists")
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--log-every", type=int, default=50)
     train.set_defaults(func=_train)
 
@@ -36,7 +38,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--split", default="test")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", default=None)
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.set_defaults(func=_eval)
 
 

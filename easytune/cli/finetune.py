@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 
 def register(subparsers: Any) -> None:
+    from easytune.training.finetune_config import LR_SCHEDULES, METHOD_NAMES, FinetuneConfig
+
+    d = FinetuneConfig  # the defaults live in the config dataclass
     p = subparsers.add_parser("finetune", help="reward fine-tuning with EasyTune or a baseline",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="easytune",
-                   choices=["easytune", "draft", "draft-lv", "refl", "drtune", "alignprop"])
-    m = p.add_argument_group("method options (unset: the method's default)")
+    p.add_argument("--method", default=d.method, choices=METHOD_NAMES)
+    m = p.add_argument_group("method options (unset: the method's default; an option the method does not "
+                             "take is refused)")
     m.add_argument("--k", type=int, help="EasyTune / DRaFT / DRTune: number of steps with gradients")
     m.add_argument("--weighting", choices=["uniform", "early", "late"], help="EasyTune per-step weights")
     m.add_argument("--variant", choices=["step", "chain"], help="EasyTune: step or chain optimisation")
@@ -30,10 +35,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", default=None, help="dataset folder for prompts (default: the base model's)")
     p.add_argument("--evaluator", default=None, help="evaluator checkpoint for periodic evaluation")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--steps", type=int, default=100, help="trajectories to train on")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--warmup", type=int, default=1000, help="LR warm-up in optimizer updates")
+    p.add_argument("--steps", type=int, default=d.steps, help="trajectories (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup,
+                   help="linear LR warm-up in trajectories, the same for every method (default %(default)s)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="after warm-up: constant, or cosine decay to 0 at --steps (default %(default)s)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="<= 0 disables clipping")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     p.add_argument("--inference-steps", type=int, default=50, help="DDIM steps per trajectory")
@@ -51,7 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
@@ -66,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(
         method=args.method, method_options={k: v for k, v in options.items() if v is not None},
         base=args.base, reward=args.reward, data=args.data, out=args.out, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None, guidance_scale=args.guidance,
         num_inference_steps=args.inference_steps, reward_weight=args.reward_weight, amp=args.amp,
         checkpoint_frozen=args.checkpoint_frozen,

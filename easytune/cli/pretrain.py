@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 STAGE_HELP = {
     "vae": "the MLD motion VAE (feature reconstruction [+ joint positions] + KL; weights from the preset)",
     "mld": "the MLD latent denoiser on a frozen VAE (--vae CKPT), epsilon prediction",
@@ -48,7 +50,7 @@ def register(subparsers: Any) -> None:
                            help="weight of the joint-position loss (default: the preset's, else 1.0)")
         p.add_argument("--cond-drop", type=float, default=0.1,
                        help="condition dropout for classifier-free guidance")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--log-every", type=int, default=100)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_run)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from easytune.cli._common import DEVICE_HELP
+
 MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
 
 
@@ -45,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue --out if it exists")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--log-every", type=int, default=50)
 
 
@@ -107,7 +109,7 @@ def register(subparsers: Any) -> None:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", default=None, help="write the metrics here")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.set_defaults(func=_eval)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from easytune.cli._common import DEVICE_HELP
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sample", help="generate a motion from text with an MLD or MDM checkpoint",
@@ -36,7 +38,7 @@ def register(subparsers: Any) -> None:
                    help="dataset folder whose Mean/Std de-normalise (default: the checkpoint's)")
     p.add_argument("--no-ema", action="store_true",
                    help="use the raw weights even if the checkpoint has EMA ones")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_run)
 
 

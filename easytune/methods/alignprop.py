@@ -39,7 +39,9 @@ class AlignProp(Method):
         self.distribution = distribution
         self.checkpoint = checkpoint
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
         n = len(timesteps)
         if self.high > n - 1:
             raise ConfigError(

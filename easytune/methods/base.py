@@ -63,8 +63,15 @@ class Method:
 
     frozen_sampler: bool = False
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
-        """The step plans of one trajectory over ``timesteps`` (descending ints, one per sampling step)."""
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
+        """The step plans of one trajectory over ``timesteps`` (descending ints, one per sampling step).
+
+        ``prediction_type`` is the scheduler's (``epsilon`` | ``sample`` | ``v_prediction``): where the
+        one-step prediction x0_hat depends on x_t only through the network (``sample``), a method whose
+        gradient path runs through x_t must keep that step's input attached (DRTune does).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -30,7 +30,9 @@ class DRaFT(Method):
     def __init__(self, k: int = 10) -> None:
         self.k = check_count("DRaFT", "k", k)
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
         n = len(timesteps)
         check_fits("DRaFT", "k", self.k, n)
         return backprop_tail(n, n - self.k)
@@ -44,7 +46,9 @@ class DRaFTLV(Method):
     def __init__(self, n: int = 2) -> None:
         self.n = check_count("DRaFTLV", "n", n)
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
         last = len(timesteps) - 1
         plans = no_grad_steps(last + 1)
         plans += [

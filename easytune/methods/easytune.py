@@ -64,7 +64,9 @@ class EasyTune(Method):
         self.variant = variant
         self.frozen_sampler = variant == "chain"
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
         n = len(timesteps)
         check_fits("EasyTune", "k", self.k, n)
         selected = list(range(n - self.k, n))

@@ -16,7 +16,9 @@ class ReFL(Method):
     def __init__(self, m: int = 10) -> None:
         self.m = check_count("ReFL", "m", m)
 
-    def plan(self, timesteps: Sequence[int], generator: torch.Generator) -> list[StepPlan]:
+    def plan(
+        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+    ) -> list[StepPlan]:
         n = len(timesteps)
         check_fits("ReFL", "m", self.m, n)
         t_min = randint(n - self.m, n - 1, generator)

@@ -218,8 +218,8 @@ class LearnedPositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.pe.shape[0]:
-            raise ConfigError(f"sequence of {x.shape[1]} tokens is longer than the learned positional table "
-                              f"({self.pe.shape[0]} rows); use shorter motions")
+            raise ConfigError(f"sequence of {x.shape[1]} positions (frames or tokens) is longer than the "
+                              f"learned positional table ({self.pe.shape[0]} rows); use shorter motions")
         return x + self.pe[: x.shape[1], 0]
 
 

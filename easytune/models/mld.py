@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -135,13 +135,28 @@ class MotionVAE(nn.Module):
         posterior = torch.distributions.Normal(mu, logvar.exp().sqrt())
         return (posterior.rsample() if sample else mu), posterior
 
-    def decode(self, z: torch.Tensor, lengths: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """``z`` [B, latent_size, latent_dim], ``lengths`` int [B] -> feats [B, T, nfeats] with
-        T = ``num_frames`` or ``max(lengths)``; padded frames are exactly zero."""
+    @property
+    def max_frames(self) -> int:
+        """The longest motion (frames) both ``encode`` and ``decode`` take: the position rows minus the
+        ``2 * latent_size`` distribution tokens the encoder puts in front of the frames."""
+        return self.config.max_len - 2 * self.config.latent_size
+
+    def decode(self, z: torch.Tensor, lengths: torch.Tensor | Sequence[int],
+               num_frames: int | None = None) -> torch.Tensor:
+        """``z`` [B, latent_size, latent_dim], ``lengths`` int [B] (a tensor, or a list of ints as the
+        reference MLD API takes) -> feats [B, T, nfeats] with T = ``num_frames`` or ``max(lengths)``; padded
+        frames are exactly zero."""
         c = self.config
         if z.dim() != 3 or z.shape[1:] != (c.latent_size, c.latent_dim):
             raise ConfigError(f"MotionVAE.decode: z must be [B, {c.latent_size}, {c.latent_dim}], "
                               f"got {tuple(z.shape)}")
+        if not isinstance(lengths, torch.Tensor):
+            if not isinstance(lengths, (list, tuple)) or not all(
+                isinstance(n, int) and not isinstance(n, bool) for n in lengths
+            ):
+                raise ConfigError(f"MotionVAE.decode: lengths must be an integer tensor [B] or a list of B "
+                                  f"ints (frames per sample), got {type(lengths).__name__} {lengths!r:.80}")
+            lengths = torch.tensor(lengths, dtype=torch.int64, device=z.device)
         t = int(lengths.max()) if num_frames is None else num_frames
         lengths = check_lengths(lengths, z.shape[0], t, "MotionVAE.decode")
         queries = self.query_pos_decoder(z.new_zeros(z.shape[0], t, c.width))

@@ -19,10 +19,12 @@ MLD_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False,
 }
-# MDM's cosine schedule; the network predicts x0 ("sample").
+# MDM's cosine schedule; the network predicts x0 ("sample"). The last DDIM step (t = 0) steps to alpha = 1
+# and so returns x0_hat, as MDM's own sampler does; with set_alpha_to_one=False it would step from t = 0 to
+# alpha_prev = alphas_cumprod[0] = alpha_t, an identity step that leaves the residual noise in the sample.
 MDM_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "sample",
-    "set_alpha_to_one": False, "steps_offset": 0, "clip_sample": False,
+    "set_alpha_to_one": True, "steps_offset": 0, "clip_sample": False,
 }
 
 _PRESETS: dict[str, dict[str, Any]] = {

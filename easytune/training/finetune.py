@@ -13,10 +13,12 @@ used because DRaFT-style methods run several forward passes per backward, which 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,72 +29,51 @@ from easytune import methods
 from easytune.checkpoint import load_checkpoint, save_atomic
 from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
-from easytune.train_utils import EMA, progress, seed_everything, warmup_cosine_lambda
+from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
 from easytune.trainer import Trainer
 from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
-from easytune.training.lora import apply_lora, merge_lora
+from easytune.training.finetune_config import LR_SCHEDULES, METHOD_NAMES, FinetuneConfig
+from easytune.training.lora import merge_lora
+from easytune.training.objective import RewardObjective, build_finetuning
+
+__all__ = [
+    "LR_SCHEDULES",
+    "METHODS",
+    "FinetuneConfig",
+    "PromptSampler",
+    "RewardObjective",
+    "Run",
+    "build_method",
+]
 
 log = logging.getLogger("easytune.finetune")
 
-METHODS: dict[str, type[methods.Method]] = {
-    "easytune": methods.EasyTune,
-    "draft": methods.DRaFT,
-    "draft-lv": methods.DRaFTLV,
-    "refl": methods.ReFL,
-    "drtune": methods.DRTune,
-    "alignprop": methods.AlignProp,
-}
+METHODS: dict[str, type[methods.Method]] = dict(
+    zip(
+        METHOD_NAMES,
+        (methods.EasyTune, methods.DRaFT, methods.DRaFTLV, methods.ReFL, methods.DRTune, methods.AlignProp),
+        strict=True,
+    )
+)
+
+
+def method_options(name: str) -> list[str]:
+    """The options ``--method name`` accepts (its constructor's keyword arguments)."""
+    if name not in METHODS:
+        raise ConfigError(f"--method must be one of {sorted(METHODS)}, got {name!r}")
+    return [p for p in inspect.signature(METHODS[name].__init__).parameters if p != "self"]
 
 
 def build_method(name: str, **options: Any) -> methods.Method:
-    """``METHODS[name](**options)`` with the unset (None) options left at the method's defaults."""
-    if name not in METHODS:
-        raise ConfigError(f"--method must be one of {sorted(METHODS)}, got {name!r}")
-    return METHODS[name](**{k: v for k, v in options.items() if v is not None})
-
-
-@dataclass
-class FinetuneConfig:
-    """What ``finetune`` runs. Checkpoint arguments accept ``default`` (the embedded tiny models)."""
-
-    method: str = "easytune"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    base: str = "default"
-    reward: str = "default"
-    data: str | None = None
-    out: str = "runs/finetune"
-    steps: int = 100
-    batch_size: int = 8
-    lr: float = 1e-5
-    warmup: int = 1000
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    guidance_scale: float | None = None
-    num_inference_steps: int = 50
-    reward_weight: float = 1.0
-    amp: str = "none"
-    checkpoint_frozen: bool = False
-    ema: float | None = None
-    lora_rank: int | None = None
-    lora_alpha: float = 16.0
-    reg_weight: float = 0.0
-    eval_every: int = 0
-    ckpt_every: int = 50
-    time_budget: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"--steps and --batch-size must be >= 1, got {self.steps}, {self.batch_size}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
-        if self.reg_weight < 0:
-            raise ConfigError(f"--reg-weight must be >= 0, got {self.reg_weight}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
+    """``METHODS[name](**options)`` with the unset (None) options left at the method's defaults; an option
+    the method does not take is refused by name."""
+    accepted = method_options(name)
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            flags = ", ".join(f"--{a}" for a in accepted)
+            raise ConfigError(f"--{key} does not apply to --method {name} (it takes {flags})")
+    return METHODS[name](**given)
 
 
 class PromptSampler:
@@ -117,37 +98,6 @@ def dataset_prompts(root: str | Path, split: str = "train") -> list[tuple[str, i
 
     ds = MotionDataset(root, split, normalize=False, crop="floor")
     return [(c, int(n)) for entry, n in zip(ds.entries, ds.lengths) for c in entry.captions]
-
-
-class RewardObjective:
-    """The trainer's callables for a loaded generator + reward model: denoise, decode and reward."""
-
-    def __init__(self, gen: Generator, reward_model: torch.nn.Module, amp: str = "none") -> None:
-        self.gen = gen
-        self.reward_model = reward_model
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        with torch.autocast(
-            x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
-            out = self.gen.denoise(x, t, cond)
-        return out.float()
-
-    def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.gen.decode(x0, batch["lengths"])
-
-    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.reward_model.reward(feats, batch["lengths"], batch["captions"])
-
-    def batch(self, captions: list[str], lengths: list[int], device: torch.device) -> dict[str, Any]:
-        cond, uncond = self.gen.conditions(captions, lengths, device)
-        return {
-            "cond": cond,
-            "uncond": uncond,
-            "captions": captions,
-            "lengths": torch.tensor(lengths, device=device),
-        }
 
 
 def _proximal_hook(params: list[torch.Tensor], anchors: list[torch.Tensor], weight: float):
@@ -193,37 +143,32 @@ class Run:
         from easytune.models.reward import RewardModel
 
         self.reward_model = RewardModel.from_checkpoint(cfg.reward).to(self.info.device)
-        if cfg.checkpoint_frozen:  # frozen reward path: keep layer inputs only, recompute in backward
-            from easytune.models.layers import set_gradient_checkpointing
-
-            if self.gen.kind == "mld":
-                set_gradient_checkpointing(self.gen.model.vae)
-            set_gradient_checkpointing(self.reward_model)
         data = cfg.data or self.gen.data_dir
         if data is None:
             raise ConfigError("--data is required: the base checkpoint names no dataset")
         self.prompts = PromptSampler(dataset_prompts(data), cfg.seed, self.info.rank)
-        self.objective = RewardObjective(self.gen, self.reward_model, cfg.amp)
-        model = self.gen.trainable
-        model.eval()  # dropout off: sampling during fine-tuning matches inference (see docs/methods.md)
-        self.lora = apply_lora(model, cfg.lora_rank, cfg.lora_alpha) if cfg.lora_rank else None
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay
+        parts = build_finetuning(
+            self.gen,
+            self.reward_model,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            checkpoint_frozen=cfg.checkpoint_frozen,
+            amp=cfg.amp,
         )
+        self.objective, self.optimizer, self.lora = parts.objective, parts.optimizer, parts.lora
+        model = self.gen.trainable
+        params = parts.params
         if cfg.reg_weight > 0:
             anchors = [p.detach().clone() for p in params]
             self.optimizer.register_step_post_hook(_proximal_hook(params, anchors, cfg.reg_weight))
         self.method = build_method(cfg.method, **cfg.method_options)
         self.gen.scheduler.set_timesteps(cfg.num_inference_steps)
-        per_traj = sum(
-            p.update
-            for p in self.method.plan(
-                [int(t) for t in self.gen.scheduler.timesteps], torch.Generator().manual_seed(0)
-            )
-        )
+        # The LR is a function of the trajectory (stepped once per Trainer.step, not per update): methods with
+        # one update per trajectory and EasyTune with K see the same schedule over the same trajectories.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine_lambda(cfg.warmup, cfg.steps * per_traj)
+            self.optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup, cfg.steps)
         )
         self.ema = EMA(model, cfg.ema) if cfg.ema else None
         self.trainer = Trainer(
@@ -233,9 +178,9 @@ class Run:
             method=self.method,
             optimizer=self.optimizer,
             guidance_scale=self.gen.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
-            decode_fn=self.objective.decode if self.gen.decode is not None else None,
+            decode_fn=self.objective.decode_fn,
             max_grad_norm=cfg.max_grad_norm,
-            lr_scheduler=self.lr_scheduler,
+            lr_scheduler=None,
             latent_shape=self.gen.latent_shape,
             reward_weight=cfg.reward_weight,
             seed=cfg.seed + self.info.rank,
@@ -268,6 +213,11 @@ class Run:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
         saved = state["config"]
+        if "lr_schedule" not in saved:
+            raise ConfigError(
+                f"--resume: {path} was written by an older easytune whose LR schedule counted optimizer "
+                "updates, not trajectories; it cannot be continued exactly (start a new run)"
+            )
         for key in ("method", "method_options", "base", "reward", "batch_size", "seed", "lora_rank"):
             if saved.get(key) != getattr(self.cfg, key):
                 raise ConfigError(
@@ -304,12 +254,9 @@ class Run:
     def train(self, on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Run to ``cfg.steps`` trajectories or ``cfg.time_budget`` seconds of training (eval excluded)."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        # Rewritten from the checkpointed history: lines logged after the last checkpoint of a killed run go.
-        metrics = (self.out / "metrics.jsonl").open("w")
-        if self.info.is_main:
-            metrics.writelines(json.dumps(row) + "\n" for row in self.history)
-        tb = _tensorboard(self.out) if self.info.is_main else None
+        main = self.info.is_main  # only rank 0 writes run files (other ranks would truncate them)
+        metrics = _open_metrics(self.out / "metrics.jsonl", self.history) if main else None
+        tb = _tensorboard(self.out) if main else None
         steps = progress(
             range(self.step, cfg.steps),
             total=cfg.steps - self.step,
@@ -324,6 +271,7 @@ class Run:
                 captions, lengths = self.prompts.draw(self.step, cfg.batch_size)
                 batch = self.objective.batch(captions, lengths, self.info.device)
                 stats = all_reduce_mean(self.trainer.step(batch), self.info)
+                self.lr_scheduler.step()
                 if self.ema:
                     self.ema.update()
                 self.step += 1
@@ -332,7 +280,7 @@ class Run:
                 if cfg.eval_every and self.evaluate_fn and self.step % cfg.eval_every == 0:
                     row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.gen, self.step).items()})
                 self.history.append(row)
-                if self.info.is_main:
+                if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     if tb is not None:
@@ -343,12 +291,27 @@ class Run:
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save()
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             if tb is not None:
                 tb.close()
         check_in_sync(self.gen.trainable, self.info)
         self.save()
         return self.history
+
+
+def _open_metrics(path: Path, history: list[dict[str, Any]]):
+    """``metrics.jsonl`` holding exactly ``history`` (lines logged after the last checkpoint of a killed run
+    go), rewritten atomically (temp file + rename: a kill at any moment leaves the old or the new log), then
+    opened for appending."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in history)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path.open("a")
 
 
 def _tensorboard(out: Path) -> Any:

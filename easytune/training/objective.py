@@ -1,0 +1,124 @@
+"""What a reward fine-tuning run trains and what it holds frozen: one builder for finetune and the benchmarks.
+
+``build_finetuning(gen, reward_model, ...)`` freezes the reward path (the MLD VAE and the reward model: eval
+mode, ``requires_grad=False``, optional activation checkpointing), puts the trainable module (MLD's latent
+denoiser or the whole MDM) in eval mode (dropout off: sampling during fine-tuning matches inference),
+optionally swaps its weights for LoRA adapters, and builds the AdamW optimizer over exactly the trainable
+parameters. ``easytune finetune`` and ``easytune bench methods`` both go through it, so a benchmark holds
+what a real run holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from easytune.errors import ConfigError
+from easytune.generation import Generator
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class RewardObjective:
+    """The trainer's callables for a loaded generator + reward model: ``denoise``, ``decode``, ``reward`` and
+    ``batch`` (captions + frame lengths -> the trainer's batch dict: ``cond``, ``uncond``, ``captions``,
+    ``lengths`` int64 [B])."""
+
+    def __init__(self, gen: Generator, reward_model: torch.nn.Module, amp: str = "none") -> None:
+        if amp not in AMP_DTYPES:
+            raise ConfigError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+        self.gen = gen
+        self.reward_model = reward_model
+        self.autocast_dtype = AMP_DTYPES[amp]
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        with torch.autocast(
+            x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            out = self.gen.denoise(x, t, cond)
+        return out.float()
+
+    def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return self.gen.decode(x0, batch["lengths"])
+
+    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return self.reward_model.reward(feats, batch["lengths"], batch["captions"])
+
+    @property
+    def decode_fn(self):
+        """``decode`` for latent models (MLD), None for models that denoise features directly (MDM)."""
+        return self.decode if self.gen.decode is not None else None
+
+    def batch(
+        self, captions: list[str], lengths: list[int] | torch.Tensor, device: torch.device
+    ) -> dict[str, Any]:
+        lens = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+        cond, uncond = self.gen.conditions(captions, lens, device)
+        return {"cond": cond, "uncond": uncond, "captions": list(captions), "lengths": lens}
+
+
+@dataclass
+class FinetuneModels:
+    """The result of ``build_finetuning``: ``objective`` (the trainer's callables), ``optimizer`` (AdamW over
+    ``params``), ``params`` (every parameter that trains), ``lora`` (adapted weight names, None: full)."""
+
+    objective: RewardObjective
+    optimizer: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    lora: list[str] | None
+
+    @property
+    def trainable(self) -> torch.nn.Module:
+        return self.objective.gen.trainable
+
+
+def build_finetuning(
+    gen: Generator,
+    reward_model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    lora_rank: int | None = None,
+    lora_alpha: float = 16.0,
+    checkpoint_frozen: bool = False,
+    amp: str = "none",
+) -> FinetuneModels:
+    """Freeze the reward path, prepare the trainable module and its optimizer (see the module docstring).
+
+    ``checkpoint_frozen``: per-layer activation checkpointing in the VAE decoder and the reward model (same
+    losses and gradients, less memory). Raises ``ConfigError`` if anything outside the trainable parameters
+    would still receive gradients.
+    """
+    from easytune.models.layers import set_gradient_checkpointing
+    from easytune.training.lora import apply_lora
+
+    if not lr > 0 or lr == float("inf"):
+        raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
+    frozen = [reward_model]
+    if gen.kind == "mld":
+        frozen.append(gen.model.vae)
+    for module in frozen:
+        module.eval().requires_grad_(False)
+        set_gradient_checkpointing(module, checkpoint_frozen)
+    trainable = gen.trainable
+    trainable.eval()
+    lora = apply_lora(trainable, lora_rank, lora_alpha) if lora_rank is not None else None
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{type(trainable).__name__} has no parameter that requires grad to fine-tune")
+    held = {id(p) for p in params}
+    stray = [
+        f"{owner}.{name}"
+        for owner, module in (("model", gen.model), ("reward_model", reward_model))
+        for name, p in module.named_parameters()
+        if p.requires_grad and id(p) not in held
+    ]
+    if stray:
+        raise ConfigError(
+            f"parameters outside the trainable module still require grad (they would collect gradients "
+            f"that no optimizer zeroes): {stray[:5]}{' ...' if len(stray) > 5 else ''}"
+        )
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    return FinetuneModels(RewardObjective(gen, reward_model, amp), optimizer, params, lora)

@@ -1,0 +1,96 @@
+"""Options shared by the commands: ``--device`` (``auto`` everywhere, resolved once and printed) and the user
+errors that used to end in tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pytest
+import torch
+
+from easytune.cli import build_parser, main
+from easytune.device import resolve_device
+from easytune.errors import ConfigError
+
+
+def _device_actions(parser: argparse.ArgumentParser, path: str = "easytune"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _device_actions(sub, f"{path} {name}")
+        elif action.dest == "device":
+            yield path, action
+
+
+def test_every_command_defaults_to_auto_device():
+    found = dict(_device_actions(build_parser()))
+    assert len(found) >= 12  # sample, eval, pretrain x3, reward x3, evaluator x2, finetune, analyze, bench x5
+    wrong = {cmd: a.default for cmd, a in found.items() if a.default not in ("auto", None)}
+    assert not wrong, f"--device defaults that silently pick the CPU on a GPU machine: {wrong}"
+    assert found["easytune info"].default is None  # info: every device, unless one is named
+
+
+def test_resolve_device():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    for bad in ("tpu9", "cuda:x", "", "mps"):
+        with pytest.raises(ConfigError, match="--device"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
+    with pytest.raises(ConfigError, match="--device cuda: .*(no CUDA support|no CUDA device)"):
+        resolve_device("cuda")
+    code = main(
+        ["sample", "--ckpt", "default", "--text", "a person walks", "--out", "x.npy", "--device", "cuda"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--device cuda" in err and "Traceback" not in err
+
+
+def test_the_chosen_device_is_printed(tmp_path, caplog):
+    out = tmp_path / "m.npy"
+    with caplog.at_level(logging.INFO, logger="easytune"):
+        code = main(
+            [
+                "sample",
+                "--ckpt",
+                "default",
+                "--text",
+                "a person walks",
+                "--length",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+    assert code == 0 and out.exists()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"device: {expected}" in caplog.text
+
+
+def test_sample_length_is_reported_in_frames(tmp_path, capsys):
+    code = main(
+        [
+            "sample",
+            "--ckpt",
+            "default",
+            "--text",
+            "a person walks",
+            "--length",
+            "250",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "m.npy"),
+            "--device",
+            "cpu",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "length 250 frames" in err and "196 frames at most" in err and "tokens" not in err
+    assert not (tmp_path / "m.npy").exists()
