@@ -1,4 +1,5 @@
-"""Recursive-dependence analysis of reward back-propagation through a DDIM chain (SPEC section 1).
+"""Recursive-dependence analysis of reward back-propagation through a DDIM chain
+(the recursive gradient DRaFT-K and AlignProp back-propagate, which EasyTune avoids).
 
 Along a sampled trajectory x_T -> ... -> x_0 (the trainer's sampler: CFG in one batch + ``ops.guided_step``,
 eta = 0) this module measures, for each step i (index 0 = x_T, the noisiest; n-1 returns x_0):

@@ -32,6 +32,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dispatch():
+    """Each test starts with an empty dispatch cache (tests monkeypatch what the backends' reasons read)."""
+    from easytune.ops import dispatch
+
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()
+
+
 @pytest.fixture
 def humanml3d_sample() -> Path:
     """The shared real HumanML3D clip folder (``../shared/data/humanml3d_sample``)."""

@@ -183,13 +183,11 @@ def test_input_reasons_dtype_head_dim_grad_and_dropout(monkeypatch):
     )
     q = torch.ones(1, 1, 4, 48)
     text = " ".join(cuda.attention_reasons(q, q, q, dropout_p=0.1))
-    assert "head dim 48 is not compiled" in text and "dropout_p=0.1" in text and "CUDA tensors" in text
+    assert "head dim 48 is not supported" in text and "dropout_p=0.1" in text and "CUDA tensors" in text
     q = torch.ones(1, 1, 4, 64, requires_grad=True)
     assert "forward-only" in " ".join(cuda.attention_reasons(q, q, q))
     with torch.no_grad():
-        assert cuda.attention_reasons(q, q, q) == [
-            "inputs must be CUDA tensors (q on cpu, k on cpu, v on cpu)"
-        ]
+        assert cuda.attention_reasons(q, q, q) == ["cuda needs CUDA tensors (q on cpu, k on cpu, v on cpu)"]
     alpha = torch.ones(2, requires_grad=True)
     assert "treats the alphas as constants" in " ".join(
         cuda.guided_step_reasons(**_step_inputs(), alpha_prod_t=alpha)

@@ -1,4 +1,5 @@
-"""SPL (SPEC section 4): ``spl_loss`` against a per-text loop reference (loss and gradients, every option),
+"""SPL (self-refining preference learning of the reward model): ``spl_loss`` against a per-text loop
+reference (loss and gradients, every option),
 and ``reward_losses`` mining its pairs from the latent means of the batch, weighted by ``spl_weight``."""
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from easytune.ops import dispatch
+
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -34,21 +36,17 @@ def _import_error(module: str) -> str | None:
     return None
 
 
+# What every Triton kernel runs (dtypes, one dtype and device per call: checked by ``dispatch``).
+CAPABILITIES = dispatch.Capabilities(dtypes=TRITON_DTYPES)
+
+
 def reasons(module: str, tensors: dict[str, torch.Tensor | None]) -> list[str]:
-    """Why the Triton kernels of ``module`` cannot run on ``tensors`` (None entries are ignored):
-    device, mixed devices or dtypes, unsupported dtype, Triton not importable."""
+    """Why the Triton kernels of ``module`` cannot run on ``tensors`` beyond ``CAPABILITIES`` (None entries
+    are ignored): CPU tensors without the interpreter, bfloat16 before sm_80, Triton not importable."""
     given = {name: t for name, t in tensors.items() if t is not None}
     out = []
     devices = {t.device for t in given.values()}
     dtypes = {t.dtype for t in given.values()}
-    if len(devices) > 1:
-        out.append("inputs are on several devices (" + ", ".join(f"{n}: {t.device}" for n, t in given.items())
-                   + ")")
-    if len(dtypes) > 1:
-        out.append("inputs mix dtypes (" + ", ".join(f"{n}: {t.dtype}" for n, t in given.items()) + ")")
-    bad = sorted({str(d) for d in dtypes if d not in TRITON_DTYPES})
-    if bad:
-        out.append(f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)")
     device = next(iter(devices)) if devices else torch.device("cpu")
     if device.type == "cpu" and not interpreting():
         out.append("tensors are on the CPU: the Triton kernels need CUDA tensors "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -84,19 +85,8 @@ def _attention_triton(q, k, v, q_lengths=None, kv_lengths=None, scale=None, drop
     return triton_attention(q, k, v, q_lengths, kv_lengths, scale, dropout_p)
 
 
-def _reasons_sdpa(q, k, v, dropout_p=0.0, **_):
-    return []
-
-
-def _reasons_math(q, k, v, dropout_p=0.0, **_):
-    return [f"dropout_p={dropout_p} is not supported by the math backend"] if dropout_p else []
-
-
 def _reasons_triton(q, k, v, **_):
-    reasons = []
-    if q.shape[-1] not in TRITON_HEAD_DIMS:
-        reasons.append(f"head dim {q.shape[-1]} is not supported (supported: {TRITON_HEAD_DIMS})")
-    return reasons + _triton.reasons("attention", {"q": q, "k": k, "v": v})
+    return _triton.reasons("attention", {"q": q, "k": k, "v": v})
 
 
 def _auto_reasons_triton(q, **_):
@@ -108,12 +98,14 @@ def _auto_reasons_triton(q, **_):
 
 
 dispatch.register("attention", "triton", _attention_triton, _reasons_triton,
-                  auto_reasons=_auto_reasons_triton)
-dispatch.register("attention", "sdpa", _attention_sdpa, _reasons_sdpa)
-dispatch.register("attention", "math", _attention_math, _reasons_math)
+                  auto_reasons=_auto_reasons_triton,
+                  capabilities=replace(_triton.CAPABILITIES, head_dims=TRITON_HEAD_DIMS))
+dispatch.register("attention", "sdpa", _attention_sdpa)
+dispatch.register("attention", "math", _attention_math, capabilities=dispatch.Capabilities(dropout=False))
 
 
-def _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p):
+def _check_inputs(q, k, v, q_lengths=None, kv_lengths=None, dropout_p=0.0):
+    """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ConfigError(f"attention expects q, k, v of shape [B, H, T, D], got {tuple(q.shape)}, "
                           f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -125,12 +117,19 @@ def _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p):
                           f"{k.dtype}/{k.device}, {v.dtype}/{v.device}")
     if not 0.0 <= dropout_p < 1.0:
         raise ConfigError(f"attention: dropout_p must lie in [0, 1), got {dropout_p}")
-    for name, lengths, size in (("q_lengths", q_lengths, q.shape[2]), ("kv_lengths", kv_lengths, k.shape[2])):
+    for name, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
         if lengths is None:
             continue
         if lengths.shape != (q.shape[0],) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise ConfigError(f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
                               f"got {lengths.dtype} {tuple(lengths.shape)}")
+
+
+def _check_lengths_range(q, k, q_lengths, kv_lengths):
+    """The value check of the lengths, once per lengths tensor (see ``_IN_RANGE``)."""
+    for name, lengths, size in (("q_lengths", q_lengths, q.shape[2]), ("kv_lengths", kv_lengths, k.shape[2])):
+        if lengths is None:
+            continue
         if not torch.compiler.is_compiling() and not _in_range_before(lengths, size):
             if ((lengths < 0) | (lengths > size)).any():  # a device sync when lengths live on the GPU
                 raise ConfigError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
@@ -167,7 +166,8 @@ def attention(
     ``scale`` defaults to 1/sqrt(D). ``backend``: ``auto | triton | cuda | sdpa | xformers | flash | math``
     (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
-    _check_inputs(q, k, v, q_lengths, kv_lengths, dropout_p)
-    impl = dispatch.resolve("attention", backend, q=q, k=k, v=v, q_lengths=q_lengths,
+    impl = dispatch.resolve("attention", backend, _check_inputs, q=q, k=k, v=v, q_lengths=q_lengths,
                             kv_lengths=kv_lengths, dropout_p=dropout_p)
+    if q_lengths is not None or kv_lengths is not None:
+        _check_lengths_range(q, k, q_lengths, kv_lengths)
     return impl.fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)

@@ -80,30 +80,22 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _reasons(library: str, module: str, dtypes: tuple[torch.dtype, ...], q, k, v, max_head_dim: int | None,
-             min_capability: tuple[int, int]) -> list[str]:
+def _reasons(library: str, module: str, q, min_capability: tuple[int, int]) -> list[str]:
+    """Beyond the declared capabilities: the library installed, the GPU new enough."""
     reasons = []
     if not _installed(module):
         reasons.append(f"{library} is not installed (pip install {library})")
-    if any(t.device.type != "cuda" for t in (q, k, v)):
-        reasons.append(f"{library} needs CUDA tensors (q is on {q.device})")
-    elif torch.cuda.get_device_capability(q.device) < min_capability:
+    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < min_capability:
         reasons.append(f"{library} needs compute capability >= {min_capability[0]}.{min_capability[1]}")
-    if len({q.dtype, k.dtype, v.dtype}) > 1 or q.dtype not in dtypes:
-        reasons.append(f"{library} runs {', '.join(str(d) for d in dtypes)} (all of q, k, v alike), got "
-                       f"{q.dtype}, {k.dtype}, {v.dtype}")
-    if max_head_dim is not None and q.shape[-1] > max_head_dim:
-        reasons.append(f"{library} supports head dims up to {max_head_dim}, got {q.shape[-1]}")
     return reasons
 
 
 def _reasons_xformers(q, k, v, **_) -> list[str]:
-    dtypes = (torch.float32, torch.float16, torch.bfloat16)
-    return _reasons("xformers", "xformers", dtypes, q, k, v, None, (6, 0))
+    return _reasons("xformers", "xformers", q, (6, 0))
 
 
 def _reasons_flash(q, k, v, **_) -> list[str]:
-    return _reasons("flash-attn", "flash_attn", (torch.float16, torch.bfloat16), q, k, v, 256, (8, 0))
+    return _reasons("flash-attn", "flash_attn", q, (8, 0))
 
 
 def _attention_xformers(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropout_p=0.0):
@@ -129,5 +121,9 @@ def _attention_flash(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropo
     return packed_attention(q, k, v, q_lengths, kv_lengths, run)
 
 
-dispatch.register("attention", "xformers", _attention_xformers, _reasons_xformers)
-dispatch.register("attention", "flash", _attention_flash, _reasons_flash)
+dispatch.register("attention", "xformers", _attention_xformers, _reasons_xformers,
+                  capabilities=dispatch.Capabilities(devices=("cuda",),
+                                                     dtypes=(torch.float32, torch.float16, torch.bfloat16)))
+dispatch.register("attention", "flash", _attention_flash, _reasons_flash,
+                  capabilities=dispatch.Capabilities(
+                      devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), max_head_dim=256))

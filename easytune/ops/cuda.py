@@ -95,27 +95,19 @@ def _device_reasons(index: int) -> list[str]:
     return []
 
 
-def _tensor_reasons(tensors: dict[str, Tensor | None]) -> tuple[list[str], torch.device | None]:
-    """Device and dtype reasons shared by the ops, and the CUDA device of the inputs (if any)."""
-    given = {name: t for name, t in tensors.items() if t is not None}
-    reasons = []
-    off_gpu = [f"{name} on {t.device}" for name, t in given.items() if t.device.type != "cuda"]
-    if off_gpu:
-        reasons.append(f"inputs must be CUDA tensors ({', '.join(off_gpu)})")
-    devices = {t.device for t in given.values()}
-    if len(devices) > 1:
-        reasons.append(f"inputs are on several devices: {sorted(map(str, devices))}")
-    dtypes = {t.dtype for t in given.values()}
-    if len(dtypes) > 1:
-        reasons.append(f"inputs mix dtypes {sorted(map(str, dtypes))}")
-    unsupported = sorted(str(d) for d in dtypes if d not in DTYPE_CODES)
-    if unsupported:
-        reasons.append(f"dtype {', '.join(unsupported)} is not supported (float32, float16, bfloat16)")
-    device = next((t.device for t in given.values() if t.device.type == "cuda"), None)
-    return reasons, device
+# What the kernels of ``csrc/`` run (checked by ``dispatch.capability_reasons``).
+STEP_CAPABILITIES = dispatch.Capabilities(devices=("cuda",), dtypes=tuple(DTYPE_CODES))
+HEAD_CAPABILITIES = STEP_CAPABILITIES
+ATTENTION_CAPABILITIES = dispatch.Capabilities(
+    devices=("cuda",), dtypes=tuple(DTYPE_CODES), head_dims=HEAD_DIMS, grad=False, dropout=False
+)
 
 
-def guided_step_reasons(
+def _device(*tensors: Tensor | None) -> torch.device | None:
+    return next((t.device for t in tensors if t is not None and t.device.type == "cuda"), None)
+
+
+def _guided_step_extra(
     model_cond: Tensor,
     model_uncond: Tensor | None = None,
     sample: Tensor | None = None,
@@ -126,14 +118,13 @@ def guided_step_reasons(
     prediction_type: str = "epsilon",
     **_: object,
 ) -> list[str]:
-    """Reasons the cuda guided step cannot run these inputs (empty list: it can); noise counts if eta > 0."""
+    reasons = []
     inputs = {
         "model_cond": model_cond,
         "model_uncond": model_uncond,
         "sample": sample,
         "noise": noise if eta > 0 else None,
     }
-    reasons, device = _tensor_reasons(inputs)
     reference = sample if sample is not None else model_cond
     wrong = [
         f"{n} {tuple(t.shape)}" for n, t in inputs.items() if t is not None and t.shape != reference.shape
@@ -147,42 +138,43 @@ def guided_step_reasons(
     for name, alpha in (("alpha_prod_t", alpha_prod_t), ("alpha_prod_t_prev", alpha_prod_t_prev)):
         if isinstance(alpha, Tensor) and alpha.requires_grad:
             reasons.append(f"{name} requires grad; the cuda step treats the alphas as constants")
-    return environment_reasons(device) + reasons
+    return environment_reasons(_device(model_cond, model_uncond, sample)) + reasons
 
 
-def reward_head_reasons(motion: Tensor, text: Tensor, **_: object) -> list[str]:
-    """Reasons the cuda reward head cannot run these inputs (empty list: it can)."""
-    reasons, device = _tensor_reasons({"motion": motion, "text": text})
+def _reward_head_extra(motion: Tensor, text: Tensor, **_: object) -> list[str]:
+    reasons = []
     if motion.dim() != 2 or motion.shape != text.shape:
         reasons.append(
             f"expects motion and text of one shape [B, D], got {tuple(motion.shape)}, {tuple(text.shape)}"
         )
-    return environment_reasons(device) + reasons
+    return environment_reasons(_device(motion, text)) + reasons
 
 
-def attention_reasons(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_lengths: Tensor | None = None,
-    kv_lengths: Tensor | None = None,
-    dropout_p: float = 0.0,
-    **_: object,
-) -> list[str]:
+def _attention_extra(q: Tensor, k: Tensor, v: Tensor, **_: object) -> list[str]:
+    return environment_reasons(_device(q, k, v))
+
+
+def guided_step_reasons(**inputs: object) -> list[str]:
+    """Reasons the cuda guided step cannot run these inputs (empty list: it can); noise counts if eta > 0."""
+    return dispatch.capability_reasons("guided_step", "cuda", STEP_CAPABILITIES, inputs) + _guided_step_extra(
+        **inputs
+    )
+
+
+def reward_head_reasons(motion: Tensor, text: Tensor, **inputs: object) -> list[str]:
+    """Reasons the cuda reward head cannot run these inputs (empty list: it can)."""
+    inputs = {"motion": motion, "text": text, **inputs}
+    return dispatch.capability_reasons("reward_head", "cuda", HEAD_CAPABILITIES, inputs) + _reward_head_extra(
+        **inputs
+    )
+
+
+def attention_reasons(q: Tensor, k: Tensor, v: Tensor, **inputs: object) -> list[str]:
     """Reasons the cuda attention cannot run these inputs (empty list: it can)."""
-    reasons, device = _tensor_reasons({"q": q, "k": k, "v": v})
-    if q.shape[-1] not in HEAD_DIMS:
-        reasons.append(
-            f"head dim {q.shape[-1]} is not compiled (supported: {', '.join(map(str, HEAD_DIMS))})"
-        )
-    if dropout_p:
-        reasons.append(f"dropout_p={dropout_p} is not supported (inference kernel)")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        reasons.append(
-            "q/k/v require grad: the cuda attention is forward-only (its backward is Triton's); "
-            "call it under torch.no_grad()"
-        )
-    return environment_reasons(device) + reasons
+    inputs = {"q": q, "k": k, "v": v, **inputs}
+    return dispatch.capability_reasons(
+        "attention", "cuda", ATTENTION_CAPABILITIES, inputs
+    ) + _attention_extra(**inputs)
 
 
 # ---- running the kernels: CUDA tensors through the library, CPU tensors through the emulator ------
@@ -457,6 +449,10 @@ def _attention_cuda(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropou
     return _OPS["attention"](q, k, v, *lengths, scale)
 
 
-dispatch.register("guided_step", "cuda", _guided_step_cuda, guided_step_reasons)
-dispatch.register("reward_head", "cuda", _reward_head_cuda, reward_head_reasons)
-dispatch.register("attention", "cuda", _attention_cuda, attention_reasons)
+dispatch.register(
+    "guided_step", "cuda", _guided_step_cuda, _guided_step_extra, capabilities=STEP_CAPABILITIES
+)
+dispatch.register(
+    "reward_head", "cuda", _reward_head_cuda, _reward_head_extra, capabilities=HEAD_CAPABILITIES
+)
+dispatch.register("attention", "cuda", _attention_cuda, _attention_extra, capabilities=ATTENTION_CAPABILITIES)

@@ -4,12 +4,21 @@ Backends: ``auto | triton | cuda | sdpa | xformers | flash | math``. The choice 
 call's ``backend=`` argument, else ``EASYTUNE_<OP>_BACKEND`` (``EASYTUNE_ATTENTION_BACKEND``), else
 ``EASYTUNE_BACKEND``, else ``auto``. An explicit backend that cannot run the inputs raises
 ``BackendUnavailableError`` with its reasons; ``auto`` takes the first backend in the op's priority
-order that has no reason against the inputs and logs (once per distinct reason, at INFO on the
+order that has no reason against the inputs and logs (once per distinct reason, at DEBUG on the
 ``easytune.ops`` logger) why the ones before it were skipped.
 
-A backend has two kinds of reasons: ``not_supported_reasons`` (it cannot run the inputs at all) and
-``auto_reasons`` (it can, but ``auto`` must not pick it: e.g. the Triton kernels on CPU tensors run
-in the interpreter, which is for tests only).
+A backend declares what it can run as ``Capabilities`` (device types, dtypes, head dims, inputs that
+require grad, dropout), checked by one function (``capability_reasons``) on the op's data tensors
+(``DATA_TENSORS``), plus an optional function of extra reasons (``not_supported_reasons``: library
+missing, GPU architecture, ...) and ``auto_reasons`` (it can run, but ``auto`` must not pick it: e.g. the
+Triton kernels on CPU tensors run in the interpreter, which is for tests only).
+
+Resolution is memoised: the backend chosen for a call signature (op, requested backend, grad mode, TF32,
+the relevant environment variables, and per input its device, dtype, shape and requires_grad, or its
+value) is cached, so after the first call dispatch costs one dictionary lookup. The environment variables
+are read when the cache is filled: ``register`` and ``clear_cache`` drop it (call the latter after setting
+``EASYTUNE_*_BACKEND`` or ``TRITON_INTERPRET`` in a running process, or after anything else the reasons
+depend on changed, e.g. a library installed).
 """
 
 from __future__ import annotations
@@ -29,29 +38,103 @@ log = logging.getLogger("easytune.ops")
 
 Reasons = Callable[..., list[str]]
 
+# The tensors each op's capabilities are checked on (other tensor inputs, e.g. the float32 alphas of the
+# guided step or the lengths of attention, are the ops' own business).
+DATA_TENSORS: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v"),
+    "guided_step": ("model_cond", "model_uncond", "sample", "noise"),
+    "reward_head": ("motion", "text"),
+}
+# Environment variables that change what a backend can do (besides the backend choice itself).
+_ENV_KEYS = ("TRITON_INTERPRET", "EASYTUNE_CUDA_LIB")
+
 
 def _no_reasons(**_: Any) -> list[str]:
     return []
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend runs; None = no restriction. ``devices``: device types (``"cuda"``, ``"cpu"``);
+    ``dtypes``: of the data tensors (all alike); ``head_dims``: attention head dims (last dim of ``q``)
+    exactly, ``max_head_dim``: up to; ``grad``: False for forward-only kernels (refused when grad mode is
+    on and a data tensor requires grad); ``dropout``: False refuses ``dropout_p > 0``."""
+
+    devices: tuple[str, ...] | None = None
+    dtypes: tuple[torch.dtype, ...] | None = None
+    head_dims: tuple[int, ...] | None = None
+    max_head_dim: int | None = None
+    grad: bool = True
+    dropout: bool = True
+
+
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def capability_reasons(op: str, backend: str, caps: Capabilities, inputs: dict[str, Any]) -> list[str]:
+    """Why ``caps`` exclude ``inputs`` (the one check of every backend's declared capabilities)."""
+    tensors = {n: inputs[n] for n in DATA_TENSORS.get(op, ()) if isinstance(inputs.get(n), torch.Tensor)}
+    if op == "guided_step" and not inputs.get("eta"):
+        tensors.pop("noise", None)  # the noise is read only when eta > 0
+    reasons = []
+    if caps.devices is not None:
+        off = sorted({t.device.type for t in tensors.values()} - set(caps.devices))
+        if off:
+            need = "CUDA" if caps.devices == ("cuda",) else "/".join(caps.devices)
+            where = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t.device.type in off)
+            reasons.append(f"{backend} needs {need} tensors ({where})")
+    dtypes = {t.dtype for t in tensors.values()}
+    if caps.dtypes is not None:  # a kernel: one dtype and one device for all its data tensors
+        if len(dtypes) > 1:
+            mixed = ", ".join(f"{n}: {t.dtype}" for n, t in tensors.items())
+            reasons.append(f"inputs mix dtypes ({mixed})")
+        if len({t.device for t in tensors.values()}) > 1:
+            where = ", ".join(f"{n}: {t.device}" for n, t in tensors.items())
+            reasons.append(f"inputs are on several devices ({where})")
+        bad = sorted(str(d).replace("torch.", "") for d in dtypes if d not in caps.dtypes)
+        if bad:
+            reasons.append(f"dtype {', '.join(bad)} is not supported ({_dtype_names(caps.dtypes)})")
+    if (caps.head_dims is not None or caps.max_head_dim is not None) and "q" in tensors:
+        head_dim = tensors["q"].shape[-1]
+        if caps.head_dims is not None and head_dim not in caps.head_dims:
+            reasons.append(f"head dim {head_dim} is not supported (supported: {caps.head_dims})")
+        if caps.max_head_dim is not None and head_dim > caps.max_head_dim:
+            reasons.append(f"{backend} supports head dims up to {caps.max_head_dim}, got {head_dim}")
+    if not caps.grad and torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+        reasons.append(
+            f"{', '.join(n for n, t in tensors.items() if t.requires_grad)} require grad: the {backend} "
+            f"{op} is forward-only; call it under torch.no_grad()"
+        )
+    if not caps.dropout and inputs.get("dropout_p"):
+        reasons.append(f"dropout_p={inputs['dropout_p']} is not supported by the {backend} backend")
+    return reasons
+
+
+@dataclass(frozen=True)
 class Implementation:
-    """One backend of one op: ``fn`` runs it, ``not_supported_reasons(**inputs)`` says why it cannot,
-    ``auto_reasons(**inputs)`` why ``auto`` must not choose it."""
+    """One backend of one op: ``fn`` runs it; ``capabilities`` what it can run; ``not_supported_reasons
+    (**inputs)`` extra reasons it cannot; ``auto_reasons(**inputs)`` why ``auto`` must not choose it."""
 
     op: str
     backend: str
     fn: Callable[..., Any]
-    not_supported_reasons: Reasons
+    not_supported_reasons: Reasons = _no_reasons
     auto_reasons: Reasons = _no_reasons
+    capabilities: Capabilities = Capabilities()
 
     def reasons(self, auto: bool, **inputs: Any) -> list[str]:
-        reasons = list(self.not_supported_reasons(**inputs))
+        reasons = capability_reasons(self.op, self.backend, self.capabilities, inputs)
+        reasons += list(self.not_supported_reasons(**inputs))
         return reasons + list(self.auto_reasons(**inputs)) if auto else reasons
 
 
 _REGISTRY: dict[str, list[Implementation]] = {}
 _LOGGED: set[tuple[str, str, str]] = set()
+_CACHE: dict[tuple, str] = {}
+_BY_NAME: dict[tuple[str, str], Implementation] = {}
+# How often each backend ran each op through ``resolve`` (per-op call counters for benchmark rows).
+CALLS: dict[tuple[str, str], int] = {}
 
 # ``auto`` order per op (fastest first); ``math`` is always last and always runs. The varlen
 # libraries (flash, xformers) come after the kernels that mask by lengths in place: they need the
@@ -67,23 +150,62 @@ def register(
     op: str,
     backend: str,
     fn: Callable[..., Any],
-    not_supported_reasons: Reasons,
+    not_supported_reasons: Reasons | None = None,
     *,
     auto_reasons: Reasons | None = None,
+    capabilities: Capabilities | None = None,
 ) -> None:
     """Add (or replace) ``backend`` for ``op``; ``auto`` tries backends in ``PRIORITY[op]`` order."""
     if backend not in BACKENDS or backend == "auto":
         raise ConfigError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
     impls = _REGISTRY.setdefault(op, [])
     impls[:] = [i for i in impls if i.backend != backend]
-    impls.append(Implementation(op, backend, fn, not_supported_reasons, auto_reasons or _no_reasons))
+    impls.append(
+        Implementation(
+            op,
+            backend,
+            fn,
+            not_supported_reasons or _no_reasons,
+            auto_reasons or _no_reasons,
+            capabilities or Capabilities(),
+        )
+    )
     order = {name: i for i, name in enumerate(PRIORITY.get(op, BACKENDS))}
     impls.sort(key=lambda i: order.get(i.backend, len(order)))
+    _BY_NAME[(op, backend)] = impls[[i.backend for i in impls].index(backend)]
+    clear_cache()
+
+
+def clear_cache() -> None:
+    """Forget every memoised choice and the environment variables read (the next call of each signature
+    re-reads them and re-evaluates the reasons)."""
+    _CACHE.clear()
+    _ENV_STATE.clear()
+
+
+_OP_ENV = {op: f"EASYTUNE_{op.upper()}_BACKEND" for op in PRIORITY}
+# The environment variables the choice depends on, read once per cache fill (``os.environ.get`` costs ~1 us
+# a variable): after changing them in a running process, call ``clear_cache()``.
+_ENV_STATE: dict[str, tuple] = {}
+
+
+def _env_values(op: str) -> tuple:
+    state = _ENV_STATE.get(op)
+    if state is None:
+        names = (_OP_ENV.get(op) or f"EASYTUNE_{op.upper()}_BACKEND", "EASYTUNE_BACKEND", *_ENV_KEYS)
+        state = _ENV_STATE[op] = tuple(os.environ.get(n) for n in names)
+    return state
+
+
+# TF32 state without the ~1 us of the ``torch.backends.cuda.matmul.allow_tf32`` property
+_ALLOW_TF32 = getattr(torch._C, "_get_cublas_allow_tf32", None) or (
+    lambda: torch.backends.cuda.matmul.allow_tf32
+)
 
 
 def requested_backend(op: str, backend: str | None) -> str:
     """The backend named by the argument, the op's environment variable or ``EASYTUNE_BACKEND``."""
-    env = f"EASYTUNE_{op.upper()}_BACKEND"
+    env = _OP_ENV.get(op) or f"EASYTUNE_{op.upper()}_BACKEND"
     choice = backend or os.environ.get(env) or os.environ.get("EASYTUNE_BACKEND") or "auto"
     if choice not in BACKENDS:
         source = "backend=" if backend else (env if os.environ.get(env) else "EASYTUNE_BACKEND")
@@ -91,35 +213,70 @@ def requested_backend(op: str, backend: str | None) -> str:
     return choice
 
 
-def resolve(op: str, backend: str | None = None, **inputs: Any) -> Implementation:
+_PLAIN = (bool, int, float, str, type(None))
+_Tensor = torch.Tensor
+
+
+def _signature(op: str, backend: str | None, inputs: dict[str, Any]) -> tuple:
+    """What the choice depends on: the op, the backend argument, the environment variables, grad mode, TF32,
+    the input names, and per input its device, dtype, shape and requires_grad (tensors) or value."""
+    key: list[Any] = [op, backend, _env_values(op), torch.is_grad_enabled(), _ALLOW_TF32(), tuple(inputs)]
+    for value in inputs.values():
+        if isinstance(value, _Tensor):
+            key += (value.device, value.dtype, value.shape, value.requires_grad)
+        else:
+            key.append(value if isinstance(value, _PLAIN) else type(value))
+    return tuple(key)
+
+
+def resolve(
+    op: str, backend: str | None = None, validate: Callable[..., None] | None = None, **inputs: Any
+) -> Implementation:
     """The implementation of ``op`` that will run ``inputs`` (see the module docstring for the rules).
+
+    ``validate(**inputs)``: the op's checks of its inputs' metadata (shapes, dtypes, devices, option values),
+    run with the first call of each signature only: a signature seen before passed them already.
 
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
     """
-    name = _choose(op, backend, **inputs)
-    return next(i for i in _REGISTRY[op] if i.backend == name)
+    key = (op, _choose(op, backend, validate, **inputs))
+    CALLS[key] = CALLS.get(key, 0) + 1
+    return _BY_NAME[key]
 
 
 @torch.compiler.assume_constant_result
-def _choose(op: str, backend: str | None, **inputs: Any) -> str:
-    choice = requested_backend(op, backend)
+def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, **inputs: Any) -> str:
+    key = _signature(op, backend, inputs)
+    name = _CACHE.get(key)
+    if name is None:
+        choice = requested_backend(op, backend)
+        if validate is not None:
+            validate(**inputs)
+        name = _CACHE[key] = _evaluate(op, choice, inputs).backend
+    return name
+
+
+def _evaluate(op: str, choice: str, inputs: dict[str, Any]) -> Implementation:
     impls = _REGISTRY.get(op, [])
     if choice != "auto":
         impl = next((i for i in impls if i.backend == choice), None)
         if impl is None:
-            raise BackendUnavailableError(f"{op}: backend {choice!r} is not implemented for this op "
-                                          f"(available: {[i.backend for i in impls]})")
+            raise BackendUnavailableError(
+                f"{op}: backend {choice!r} is not implemented for this op "
+                f"(available: {[i.backend for i in impls]})"
+            )
         reasons = impl.reasons(False, **inputs)
         if reasons:
-            raise BackendUnavailableError(f"{op}: backend {choice!r} cannot run these inputs: "
-                                          f"{'; '.join(reasons)}")
-        return impl.backend
+            raise BackendUnavailableError(
+                f"{op}: backend {choice!r} cannot run these inputs: {'; '.join(reasons)}"
+            )
+        return impl
     skipped = []
     for impl in impls:
         reasons = impl.reasons(True, **inputs)
         if not reasons:
-            return impl.backend
+            return impl
         skipped.append(f"{impl.backend}: {'; '.join(reasons)}")
         key = (op, impl.backend, "; ".join(reasons))
         if key not in _LOGGED:

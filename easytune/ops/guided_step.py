@@ -78,10 +78,6 @@ def guided_step_ref(
     return guided, x0, prev
 
 
-def _reasons_math(**_):
-    return []
-
-
 def _guided_step_math(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=1.0,
                       prediction_type="epsilon", eta=0.0, noise=None):
     return guided_step_ref(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale,
@@ -110,11 +106,14 @@ def _reasons_triton(model_cond, model_uncond=None, sample=None, eta=0.0, noise=N
 
 
 dispatch.register("guided_step", "triton", _guided_step_triton, _reasons_triton,
-                  auto_reasons=_triton.auto_reasons)
-dispatch.register("guided_step", "math", _guided_step_math, _reasons_math)
+                  auto_reasons=_triton.auto_reasons, capabilities=_triton.CAPABILITIES)
+dispatch.register("guided_step", "math", _guided_step_math)
 
 
-def _check_inputs(model_cond, model_uncond, sample, alphas, prediction_type, eta, noise):
+def _check_inputs(model_cond, model_uncond=None, sample=None, eta=0.0, noise=None, prediction_type="epsilon",
+                  alpha_prod_t=None, alpha_prod_t_prev=None, guidance_scale=1.0):
+    """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
+    alphas = (alpha_prod_t, alpha_prod_t_prev)
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"guided_step: prediction_type must be one of {PREDICTION_TYPES}, "
                           f"got {prediction_type!r}")
@@ -154,10 +153,9 @@ def guided_step(
     prev_sample)``, differentiable with respect to the model outputs, ``sample`` and ``noise``.
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    alphas = (alpha_prod_t, alpha_prod_t_prev)
-    _check_inputs(model_cond, model_uncond, sample, alphas, prediction_type, eta, noise)
-    impl = dispatch.resolve("guided_step", backend, model_cond=model_cond, model_uncond=model_uncond,
-                            sample=sample, eta=eta, noise=noise, prediction_type=prediction_type,
+    impl = dispatch.resolve("guided_step", backend, _check_inputs, model_cond=model_cond,
+                            model_uncond=model_uncond, sample=sample, eta=eta, noise=noise,
+                            prediction_type=prediction_type,
                             alpha_prod_t=alpha_prod_t, alpha_prod_t_prev=alpha_prod_t_prev,
                             guidance_scale=guidance_scale)
     return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,

@@ -35,8 +35,15 @@ def _reasons_triton(motion, text, **_):
 
 
 dispatch.register("reward_head", "triton", _reward_head_triton, _reasons_triton,
-                  auto_reasons=_triton.auto_reasons)
-dispatch.register("reward_head", "math", _reward_head_math, lambda **_: [])
+                  auto_reasons=_triton.auto_reasons, capabilities=_triton.CAPABILITIES)
+dispatch.register("reward_head", "math", _reward_head_math)
+
+
+def _check_inputs(motion: torch.Tensor, text: torch.Tensor) -> None:
+    """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
+    if motion.dim() != 2 or motion.shape != text.shape:
+        raise ConfigError(f"reward_head expects motion and text latents of equal shape [B, D], got "
+                          f"{tuple(motion.shape)} and {tuple(text.shape)}")
 
 
 def reward_head(
@@ -46,8 +53,5 @@ def reward_head(
 
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    if motion.dim() != 2 or motion.shape != text.shape:
-        raise ConfigError(f"reward_head expects motion and text latents of equal shape [B, D], got "
-                          f"{tuple(motion.shape)} and {tuple(text.shape)}")
-    impl = dispatch.resolve("reward_head", backend, motion=motion, text=text)
+    impl = dispatch.resolve("reward_head", backend, _check_inputs, motion=motion, text=text)
     return impl.fn(motion, text, eps=eps)

@@ -1,6 +1,6 @@
 """Reward model training: stage 1 (TMR-style retrieval training), stage 2 SPL, and retrieval evaluation.
 
-Stage 1 loss (SPEC section 4), per batch of (motion, caption) pairs:
+Stage 1 loss (the SPM / TMR-style retrieval objective), per batch of (motion, caption) pairs:
 
     SmoothL1(decode(z_text), x) + SmoothL1(decode(z_motion), x)                     reconstructions
     + 1e-5 * [KL(q_t | q_m) + KL(q_m | q_t) + KL(q_m | N(0, I)) + KL(q_t | N(0, I))]
