@@ -144,22 +144,31 @@ def test_lora_and_regularisation_train_only_adapters(assets, tmp_path):
     assert not any("lora" in k for k in gen.trainable.state_dict())
 
 
-def test_two_process_gloo_run_keeps_ranks_in_sync(assets, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun(assets, out, steps, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "easytune.cli", "finetune", "--method", "easytune", "--k", "2",
            "--base", str(assets["base"]),
            "--reward", str(assets["reward"]), "--data", str(assets["data"]), "--out", str(out),
-           "--steps", "2", "--batch-size", "2", "--inference-steps", "4", "--lr", "1e-3", "--warmup", "1",
-           "--device", "cpu", "--no-progress"]
+           "--steps", str(steps), "--batch-size", "2", "--inference-steps", "4", "--lr", "1e-3",
+           "--warmup", "1", "--device", "cpu", "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    # Each rank draws different prompts: without gradient averaging the final check_in_sync raises.
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    tuned = load_generator(out / "model.pt").trainable.state_dict()
+
+
+def test_two_process_gloo_run_keeps_ranks_in_sync_and_resumes_exactly(assets, tmp_path):
+    # Each rank draws different prompts: without gradient averaging the final check_in_sync raises.
+    _torchrun(assets, tmp_path / "ddp", 3)
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3
+    tuned = load_generator(tmp_path / "ddp" / "model.pt").trainable.state_dict()
     base = load_generator(assets["base"]).trainable.state_dict()
     assert any(not torch.equal(base[k], v) for k, v in tuned.items())
+    # 2 trajectories, then resumed to 3: every rank continues its own random stream (its x_T noise), so
+    # the weights are those of the uninterrupted run.
+    _torchrun(assets, tmp_path / "split", 2)
+    _torchrun(assets, tmp_path / "split", 3, "--resume")
+    resumed = load_generator(tmp_path / "split" / "model.pt").trainable.state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in tuned.items())
 
 
 def test_check_in_sync_detects_divergence(monkeypatch):

@@ -227,10 +227,17 @@ class Run:
         self.gen.trainable.load_state_dict(state["denoiser"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.trainer.load_state_dict(state["trainer"])
+        ranks = state.get("rank_states") or [{"trainer": state["trainer"], "rng": state["rng"]}]
+        if len(ranks) != self.info.world_size:
+            raise ConfigError(
+                f"--resume: {path} was written by {len(ranks)} process(es), this run has "
+                f"{self.info.world_size}; resume with the same number of processes"
+            )
+        own = ranks[self.info.rank]
+        self.trainer.load_state_dict(own["trainer"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(own["rng"])
         self.step, self.elapsed, self.history = (
             int(state["step"]),
             float(state["elapsed"]),
@@ -238,9 +245,21 @@ class Run:
         )
         log.info("resumed %s at step %d", path, self.step)
 
+    def _rank_states(self) -> list[dict[str, Any]]:
+        """Every rank's own random state (trainer generator, torch RNG): rank r resumes with entry r. A
+        collective call: every rank must make it."""
+        local = {"trainer": self.trainer.state_dict(), "rng": torch.get_rng_state()}
+        if self.info.world_size == 1:
+            return [local]
+        states: list[Any] = [None] * self.info.world_size
+        torch.distributed.all_gather_object(states, local)
+        return states
+
     def save(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank contributes its random state)."""
+        ranks = self._rank_states()
         if self.info.is_main:
-            save_atomic(self._state(), self.out / "last.pt")
+            save_atomic({**self._state(), "rank_states": ranks}, self.out / "last.pt")
 
     def export(self) -> Path:
         """Write ``model.pt``: the fine-tuned model (EMA weights when enabled, LoRA merged)."""
