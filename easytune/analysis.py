@@ -32,20 +32,17 @@ from typing import Any
 
 import torch
 
-from easytune import ops
-from easytune.diffusion import guided_denoise
+from easytune.diffusion import GuidedStep
+from easytune.diffusion.guidance import DenoiseFn
 from easytune.errors import ConfigError
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 RewardOfSample = Callable[[torch.Tensor], torch.Tensor]
 
 
-class GuidedDDIMStep:
-    """The trainer's deterministic sampling step as a function: ``step(x_t, i) -> (guided, x0_hat, x_prev)``.
-
-    One ``denoise_fn`` call on ``cat[x, x], cat[t, t], cat[cond, uncond]`` (``uncond=None``: no guidance),
-    then ``ops.guided_step`` with per-sample alphas from ``scheduler.alpha_pair``; all outputs shaped like
-    ``x`` [B, ...]. ``scheduler``: an easytune ``DDIMScheduler`` with ``set_timesteps`` done.
+class GuidedDDIMStep(GuidedStep):
+    """The trainer's deterministic sampling step (``easytune.diffusion.GuidedStep``) with its condition
+    bound: ``step(x_t, i) -> (guided, x0_hat, x_prev)``, all shaped like ``x`` [B, ...]. ``scheduler``: an
+    easytune ``DDIMScheduler`` with ``set_timesteps`` done; ``uncond=None``: no guidance.
     """
 
     def __init__(
@@ -58,29 +55,13 @@ class GuidedDDIMStep:
         guidance_scale: float = 1.0,
         backend: str | None = None,
     ) -> None:
-        if not hasattr(scheduler, "alpha_pair") or getattr(scheduler, "num_inference_steps", None) is None:
-            raise ConfigError(
-                "GuidedDDIMStep: scheduler must be an easytune DDIMScheduler with set_timesteps(n) done"
-            )
-        self.denoise_fn = denoise_fn
-        self.cond, self.uncond = cond, uncond
-        self.guidance_scale = float(guidance_scale)
-        self.backend = backend
-        self.prediction_type = scheduler.config.prediction_type
-        self.timesteps = [int(t) for t in scheduler.timesteps]
-        self.alphas_t, self.alphas_prev = scheduler.alpha_pair(torch.tensor(self.timesteps))
+        super().__init__(denoise_fn, scheduler, guidance_scale=guidance_scale, backend=backend)
+        self.cond_in = self.conditions(cond, uncond)
 
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def __call__(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = x.shape[0]
-        t = torch.full((batch,), self.timesteps[i], dtype=torch.int64, device=x.device)
-        a_t, a_prev = (a[i].to(x.device).expand(batch).contiguous()
-                       for a in (self.alphas_t, self.alphas_prev))
-        out_cond, out_uncond = guided_denoise(self.denoise_fn, x, t, self.cond, self.uncond)
-        return ops.guided_step(out_cond, out_uncond, x, a_t, a_prev, guidance_scale=self.guidance_scale,
-                               prediction_type=self.prediction_type, backend=self.backend)
+    def __call__(  # type: ignore[override]
+        self, x: torch.Tensor, i: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return super().__call__(x, i, self.cond_in)
 
     @torch.no_grad()
     def trajectory(self, x_T: torch.Tensor) -> list[torch.Tensor]:

@@ -72,10 +72,11 @@ class Generator:
 
     @property
     def decode(self):
-        """``decode(x0, lengths) -> normalised feats [B, T, nfeats]`` (MLD's VAE decoder); None for MDM."""
+        """``decode(x0, lengths, num_frames=None) -> normalised feats [B, T, nfeats]`` (MLD's VAE decoder,
+        T = ``num_frames`` or max(lengths), the latter a device read); None for MDM."""
         if self.kind != "mld":
             return None
-        return lambda z, lengths: self.model.vae.decode(z, lengths)
+        return self.model.vae.decode
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The model output for ``x_t`` at timesteps ``t`` [B] under ``cond`` (see the module docstring)."""

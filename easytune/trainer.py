@@ -20,10 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from easytune import ops
-from easytune.diffusion import DDIMScheduler, guided_denoise
+from easytune.diffusion import DDIMScheduler, GuidedStep
 from easytune.errors import ConfigError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
 from easytune.train_utils import check_finite
@@ -143,6 +141,11 @@ class Trainer:
         self._params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         if not self._params:
             raise ConfigError("Trainer: the optimizer has no parameter that requires grad")
+        # An optimizer that takes GradScaler's on-device skip (fused Adam / AdamW / SGD) lets the NaN guard
+        # run without host syncs; others are guarded by reading the loss and norm at every update.
+        self._sync_free = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+        self._steps: GuidedStep | None = None
+        self._steps_of: Any = None
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -175,57 +178,99 @@ class Trainer:
         if cuda:
             torch.cuda.reset_peak_memory_stats(x.device)
         start = time.perf_counter()
-        timesteps = [int(t) for t in self.scheduler.timesteps]
-        # (alpha_prod_t, alpha_prod_t_prev) of every step, moved once: no host sync inside the loop
-        alphas_t, alphas_prev = (a.to(x.device) for a in self.scheduler.alpha_pair(torch.tensor(timesteps)))
-        plans = self.method.plan(timesteps, self.generator, self.scheduler.config.prediction_type)
+        steps = self._guided_step()
+        timesteps = steps.timesteps
+        cond_in = steps.conditions(cond, uncond)  # cat[cond, uncond], once per trajectory
+        plans = self.method.plan(timesteps, self.generator, steps.prediction_type)
         self._check_plan(plans, len(timesteps))
         self.last_plan = plans
         self.optimizer.zero_grad(set_to_none=True)
         policy = [p.detach().clone() for p in self._params] if self.method.frozen_sampler else None
-        rewards, losses, norms = [], [], []
+        # Statistics stay on the device (0-d tensors) and are read once, after the trajectory.
+        rewards: list[torch.Tensor] = []
+        losses: list[torch.Tensor] = []
+        norms: list[torch.Tensor] = []
+        finite: list[torch.Tensor] = []
+        update_steps: list[int] = []
         chain_end = None
         for plan in plans:
             if plan.renoise:
                 chain_end = x.detach() if chain_end is None else chain_end
-                noise = self._randn(chain_end.shape, chain_end)
-                x = self.scheduler.add_noise(chain_end, noise, timesteps[plan.index])
-            alpha_pair = (alphas_t[plan.index], alphas_prev[plan.index])
-            x0_hat, x_prev = self._denoise(x, timesteps[plan.index], alpha_pair, cond, uncond, plan)
+                x = steps.add_noise(chain_end, self._randn(chain_end.shape, chain_end), plan.index)
+            x0_hat, x_prev = self._denoise(x, plan, steps, cond_in)
             if plan.reward_on is not None:
                 reward = self._reward(x0_hat if plan.reward_on == "x0_hat" else x_prev, batch, x.shape[0])
                 loss = -(plan.weight * self.reward_weight) * reward.mean()
-                self._guard(loss, "reward loss")
+                if not self._sync_free:
+                    self._guard(loss, "reward loss")
                 if not loss.requires_grad:
                     self.optimizer.zero_grad(set_to_none=True)
                     raise ConfigError(self._no_graph_message(plan, timesteps, x0_hat, x_prev))
                 loss.backward()
-                rewards.append(float(reward.detach().mean()))
-                losses.append(float(loss.detach()))
+                rewards.append(reward.detach().mean())
+                losses.append(loss.detach())
                 if plan.update:
-                    norms.append(self._update(policy))
+                    norm, ok = self._update(policy, losses[-1])
+                    norms.append(norm)
+                    finite.append(ok)
+                    update_steps.append(plan.index)
                 x_prev = x_prev.detach()
             x = x_prev
         if policy is not None:
             _swap_data(self._params, policy)  # theta <- theta' (the policy copy that received the updates)
+        values = self._read([*rewards, *losses, *norms, *finite])
+        n_r, n_u = len(rewards), len(norms)
+        reward_v, loss_v, norm_v, ok_v = (
+            values[:n_r],
+            values[n_r : 2 * n_r],
+            values[2 * n_r : 2 * n_r + n_u],
+            values[2 * n_r + n_u :],
+        )
+        if not all(ok_v):
+            self.optimizer.zero_grad(set_to_none=True)
+            bad = ok_v.index(0.0)
+            raise NonFiniteLossError(
+                f"the reward loss or its gradient norm is not finite at update "
+                f"{self.num_updates - n_u + bad} "
+                f"(sampling step {update_steps[bad]}, timestep {timesteps[update_steps[bad]]}; loss "
+                f"{loss_v}, gradient norms {norm_v}); that update was skipped and training stopped. Lower "
+                "the learning rate, enable gradient clipping or check the inputs."
+            )
         if cuda:
             torch.cuda.synchronize(x.device)
         seconds = time.perf_counter() - start
-        updates = len(norms)
         stats = {
-            "reward": sum(rewards) / len(rewards),
-            "reward_last": rewards[-1],
-            "loss": sum(losses) / len(losses),
-            "updates": float(updates),
+            "reward": sum(reward_v) / n_r,
+            "reward_last": reward_v[-1],
+            "loss": sum(loss_v) / n_r,
+            "updates": float(n_u),
             "steps": float(len(plans)),
-            "grad_norm": sum(norms) / updates,
+            "grad_norm": sum(norm_v) / n_u,
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "seconds": seconds,
-            "seconds_per_update": seconds / updates,
+            "seconds_per_update": seconds / n_u,
         }
         if cuda:
             stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(x.device) / 2**30
         return stats
+
+    @staticmethod
+    def _read(values: list[torch.Tensor]) -> list[float]:
+        """The one read of a trajectory (a device sync on a GPU): its 0-d statistics as floats."""
+        return torch.stack(values).double().tolist()
+
+    def _guided_step(self) -> GuidedStep:
+        """The ``GuidedStep`` of the scheduler's current timesteps (rebuilt after ``set_timesteps``)."""
+        if self._steps is None or self._steps_of is not self.scheduler.timesteps:
+            self._steps = GuidedStep(
+                self.denoise_fn,
+                self.scheduler,
+                guidance_scale=self.guidance_scale,
+                eta=self.eta,
+                backend=self.backend,
+            )
+            self._steps_of = self.scheduler.timesteps
+        return self._steps
 
     # ---------------------------------------------------------------------------------------- pieces
     def _check_plan(self, plans: list[StepPlan], n_steps: int) -> None:
@@ -285,43 +330,26 @@ class Trainer:
         return self._randn((ref.shape[0], *self.latent_shape), like) * self.scheduler.init_noise_sigma
 
     def _randn(self, shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator, dtype=like.dtype).to(like.device)
+        """Standard normal noise from the trainer's CPU generator (the same numbers on every device), moved
+        to ``like``'s device; to a GPU through pinned memory without blocking (no host sync)."""
+        noise = torch.randn(shape, generator=self.generator, dtype=like.dtype)
+        if like.device.type == "cuda":
+            return noise.pin_memory().to(like.device, non_blocking=True)
+        return noise.to(like.device)
 
     def _denoise(
-        self,
-        x: torch.Tensor,
-        t: int,
-        alpha_pair: tuple[torch.Tensor, torch.Tensor],
-        cond: Any,
-        uncond: Any,
-        plan: StepPlan,
+        self, x: torch.Tensor, plan: StepPlan, steps: GuidedStep, cond_in: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One guided DDIM step from ``x`` at timestep ``t`` -> (x0_hat, x_prev), graphs as ``plan`` says.
-        ``alpha_pair``: 0-d (alpha_prod_t, alpha_prod_t_prev) of this step, on ``x``'s device."""
-        batch = x.shape[0]
-        t_batch = torch.full((batch,), t, dtype=torch.int64, device=x.device)
-        alpha_t, alpha_prev = (a.expand(batch).contiguous() for a in alpha_pair)  # ops contract: [B]
+        """One guided DDIM step from ``x`` at step ``plan.index`` -> (x0_hat, x_prev), graphs as ``plan``
+        says: the denoiser sees ``x.detach()`` if ``plan.detach_input``, runs with grad if ``plan.grad``
+        (gradient-checkpointed if ``plan.checkpoint``); the DDIM update always uses the undetached ``x``."""
         model_input = x.detach() if plan.detach_input else x
         with torch.set_grad_enabled(plan.grad):
-            if plan.grad and plan.checkpoint:
-                out_cond, out_uncond = checkpoint(
-                    guided_denoise, self.denoise_fn, model_input, t_batch, cond, uncond, use_reentrant=False
-                )
-            else:
-                out_cond, out_uncond = guided_denoise(self.denoise_fn, model_input, t_batch, cond, uncond)
+            out_cond, out_uncond = steps.model_outputs(
+                model_input, plan.index, cond_in, checkpoint=plan.grad and plan.checkpoint
+            )
         noise = self._randn(x.shape, x) if self.eta > 0 else None
-        _, x0_hat, x_prev = ops.guided_step(
-            out_cond,
-            out_uncond,
-            x,
-            alpha_t,
-            alpha_prev,
-            guidance_scale=self.guidance_scale,
-            prediction_type=self.scheduler.config.prediction_type,
-            eta=self.eta,
-            noise=noise,
-            backend=self.backend,
-        )
+        _, x0_hat, x_prev = steps.update(out_cond, out_uncond, x, plan.index, noise)
         return x0_hat, x_prev
 
     def _reward(self, target: torch.Tensor, batch: Mapping[str, Any], batch_size: int) -> torch.Tensor:
@@ -342,9 +370,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise
 
-    def _update(self, policy: list[torch.Tensor] | None) -> float:
-        """Guard, clip, optimizer + LR-scheduler step, zero_grad; returns the gradient norm before clipping.
-        With ``policy`` (chain variant) the step goes to the policy copy, not to the sampling weights."""
+    def _update(
+        self, policy: list[torch.Tensor] | None, loss: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, optimizer + LR-scheduler step, zero_grad; returns the gradient norm before clipping and
+        whether loss and norm were finite (0-d tensors, not read here). With an optimizer that can skip a
+        step on the device (``fused=True`` Adam / AdamW / SGD: ``found_inf``, as ``GradScaler`` uses) a
+        non-finite update is skipped without a host sync; any other optimizer is guarded by reading the
+        norm. With ``policy`` (chain variant) the step goes to the policy copy, not to the sampling
+        weights."""
         params = [p for p in self._params if p.grad is not None]
         if not params:
             raise ConfigError(
@@ -354,19 +388,24 @@ class Trainer:
         if self.grad_reducer is not None:
             self.grad_reducer([p.grad for p in params])
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self._guard(norm, "gradient norm")
+        ok = torch.isfinite(norm) & torch.isfinite(loss)
+        if not self._sync_free:
+            self._guard(norm, "gradient norm")
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
-        if policy is None:
-            self.optimizer.step()
-        else:
+        if policy is not None:
             _swap_data(self._params, policy)
-            try:
-                self.optimizer.step()
-            finally:
+        try:
+            if self._sync_free:  # skipped on the device when not ok
+                self.optimizer.grad_scale, self.optimizer.found_inf = None, (~ok).float()
+            self.optimizer.step()
+        finally:
+            if self._sync_free:
+                del self.optimizer.grad_scale, self.optimizer.found_inf
+            if policy is not None:
                 _swap_data(self._params, policy)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
-        return float(norm)
+        return norm.detach(), ok

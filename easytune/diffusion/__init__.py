@@ -1,6 +1,7 @@
 """Diffusion schedulers (diffusers-compatible DDIM / DDPM), beta schedules, guidance and DDIM sampling."""
 
 from easytune.diffusion.guidance import concat_conditions, guided_denoise
+from easytune.diffusion.guided_step import GuidedStep
 from easytune.diffusion.sampling import ddim_sample
 from easytune.diffusion.schedulers import (
     DDIMScheduler,
@@ -15,6 +16,7 @@ __all__ = [
     "BETA_SCHEDULES",
     "DDIMScheduler",
     "DDPMScheduler",
+    "GuidedStep",
     "SchedulerConfig",
     "SchedulerOutput",
     "concat_conditions",

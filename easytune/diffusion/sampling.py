@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from easytune import ops
-from easytune.diffusion.guidance import DenoiseFn, guided_denoise
+from easytune.diffusion.guidance import DenoiseFn
+from easytune.diffusion.guided_step import GuidedStep
 from easytune.diffusion.schedulers import DDIMScheduler, randn_like_diffusers
 from easytune.errors import ConfigError
 
@@ -26,8 +26,9 @@ def ddim_sample(
 ) -> torch.Tensor:
     """Run ``x_T`` [B, ...] through ``scheduler.timesteps`` (after ``set_timesteps``); return x_0.
 
-    Each step is one batched cond/uncond denoiser call + ``ops.guided_step``; ``uncond=None`` disables
-    guidance. Runs in the caller's grad mode (wrap in ``torch.no_grad()`` for inference).
+    Each step is one batched cond/uncond denoiser call + ``ops.guided_step`` (``GuidedStep``);
+    ``uncond=None`` disables guidance. Runs in the caller's grad mode (wrap in ``torch.no_grad()`` for
+    inference).
     """
     if not isinstance(scheduler, DDIMScheduler):
         raise ConfigError(
@@ -36,27 +37,7 @@ def ddim_sample(
         )
     if scheduler.num_inference_steps is None:
         raise ConfigError("ddim_sample: call scheduler.set_timesteps(num_inference_steps) first")
-    x = x_T
-    batch = x.shape[0]
-    timesteps = scheduler.timesteps.cpu()
-    alphas_t, alphas_prev = (
-        a.to(x.device) for a in scheduler.alpha_pair(timesteps)
-    )  # one transfer, no syncs
-    for i, t in enumerate(timesteps.to(x.device)):
-        t_batch = t.expand(batch)
-        alpha_t, alpha_prev = (a[i].expand(batch).contiguous() for a in (alphas_t, alphas_prev))
-        out_cond, out_uncond = guided_denoise(denoise_fn, x, t_batch, cond, uncond)
-        noise = randn_like_diffusers(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-        _, _, x = ops.guided_step(
-            out_cond,
-            out_uncond,
-            x,
-            alpha_t,
-            alpha_prev,
-            guidance_scale=guidance_scale,
-            prediction_type=scheduler.config.prediction_type,
-            eta=eta,
-            noise=noise,
-            backend=backend,
-        )
-    return x
+    step = GuidedStep(denoise_fn, scheduler, guidance_scale=guidance_scale, eta=eta, backend=backend)
+    return step.sample(
+        x_T, cond, uncond, noise_fn=lambda x: randn_like_diffusers(x.shape, generator, x.device, x.dtype)
+    )

@@ -33,6 +33,7 @@ from easytune.checkpoint import (
     resolve_checkpoint,
 )
 from easytune.errors import CheckpointError, ConfigError
+from easytune.ops.lengths import check_range
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,7 @@ class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
             )
         if lengths.shape != (feats.shape[0],) or lengths.dtype.is_floating_point:
             raise ConfigError(f"evaluator: lengths must be an integer tensor of shape [{feats.shape[0]}]")
-        if ((lengths < c.unit_length) | (lengths > feats.shape[1])).any():
-            raise ConfigError(
-                f"evaluator: lengths must lie in [{c.unit_length}, {feats.shape[1]}], got {lengths.tolist()}"
-            )
+        check_range(lengths, c.unit_length, feats.shape[1], "evaluator")
         valid = torch.arange(feats.shape[1], device=feats.device)[None] < lengths.to(feats.device)[:, None]
         x = (feats * self.input_scale + self.input_shift) * valid[..., None]
         if c.foot_contact_dims:

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from easytune.errors import ConfigError
 from easytune.ops import attention
+from easytune.ops.lengths import check_range
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -268,6 +269,5 @@ def check_lengths(lengths: torch.Tensor | None, batch: int, frames: int, what: s
     if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
         raise ConfigError(f"{what}: lengths must be an integer tensor of shape [{batch}], "
                           f"got {lengths.dtype} {tuple(lengths.shape)}")
-    if not torch.compiler.is_compiling() and ((lengths < 1) | (lengths > frames)).any():
-        raise ConfigError(f"{what}: lengths must lie in [1, {frames}], got {lengths.tolist()}")
+    check_range(lengths, 1, frames, what)  # reads a lengths tensor's values once, not at every call
     return lengths

@@ -22,6 +22,7 @@ from easytune.checkpoint import load_checkpoint, load_state_dict_strict
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import TransformerEncoderLayer, check_lengths, sinusoidal_table
 from easytune.models.mld import config_from_dict, model_state_dict
+from easytune.ops.lengths import offset
 
 log = logging.getLogger("easytune.models")
 
@@ -118,7 +119,7 @@ class MDM(nn.Module):
         emb = self.embed_text(text_emb) + self.embed_timestep(self.pos_table[timesteps])
         tokens = torch.cat([emb[:, None], self.input_process(x)], dim=1)
         tokens = self.pos_dropout(tokens + self.pos_table[: t + 1])
-        hidden = self.seqTransEncoder(tokens, None if lengths is None else lengths + 1)
+        hidden = self.seqTransEncoder(tokens, None if lengths is None else offset(lengths, 1))
         out = self.output_process(hidden[:, 1:])
         if lengths is not None:
             out = out * (torch.arange(t, device=x.device)[None, :] < lengths[:, None])[..., None]

@@ -29,6 +29,7 @@ from easytune.models.layers import (
     sinusoidal_table,
     timestep_embedding,
 )
+from easytune.ops.lengths import offset
 
 log = logging.getLogger("easytune.models")
 
@@ -129,7 +130,8 @@ class MotionVAE(nn.Module):
         lengths = check_lengths(lengths, b, t, "MotionVAE.encode")
         n_tok = 2 * c.latent_size
         tokens = torch.cat([self.global_motion_token.expand(b, -1, -1), self.skel_embedding(feats)], dim=1)
-        tokens = self.encoder(self.query_pos_encoder(tokens), None if lengths is None else lengths + n_tok)
+        token_lengths = None if lengths is None else offset(lengths, n_tok)
+        tokens = self.encoder(self.query_pos_encoder(tokens), token_lengths)
         dist = self.latent_pre(tokens[:, :n_tok])
         mu, logvar = dist[:, : c.latent_size], dist[:, c.latent_size:]
         posterior = torch.distributions.Normal(mu, logvar.exp().sqrt())

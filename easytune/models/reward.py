@@ -42,6 +42,7 @@ from easytune.models.layers import (
     TimestepEmbedding,
     timestep_embedding,
 )
+from easytune.ops.lengths import check_range, offset
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class RewardModel(ConfigCheckpointMixin, nn.Module):
                 f"reward model: sequence of {x.shape[1]} frames/tokens (+{n_extra} special) exceeds "
                 f"max_len={self.config.max_len} of its position table"
             )
-        out = encoder(positions(seq), lengths.to(seq.device) + n_extra)
+        out = encoder(positions(seq), offset(lengths.to(seq.device), n_extra))
         mu, logvar = dist_layer(out[:, 0]).chunk(2, dim=-1)
         return mu, logvar
 
@@ -363,10 +364,7 @@ class RewardModel(ConfigCheckpointMixin, nn.Module):
                 f"reward model: lengths must be an integer tensor of shape [{feats.shape[0]}], got "
                 f"{getattr(lengths, 'dtype', type(lengths))} {tuple(getattr(lengths, 'shape', ()))}"
             )
-        if ((lengths < 1) | (lengths > feats.shape[1])).any():
-            raise ConfigError(
-                f"reward model: lengths must lie in [1, {feats.shape[1]}], got {lengths.tolist()}"
-            )
+        check_range(lengths, 1, feats.shape[1], "reward model")
 
     @classmethod
     def from_checkpoint(

@@ -10,7 +10,6 @@ Padding therefore never changes the output on valid frames.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import replace
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from easytune.errors import ConfigError
 from easytune.ops import _triton, dispatch
+from easytune.ops import lengths as lengths_range
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -126,28 +126,11 @@ def _check_inputs(q, k, v, q_lengths=None, kv_lengths=None, dropout_p=0.0):
 
 
 def _check_lengths_range(q, k, q_lengths, kv_lengths):
-    """The value check of the lengths, once per lengths tensor (see ``_IN_RANGE``)."""
-    for name, lengths, size in (("q_lengths", q_lengths, q.shape[2]), ("kv_lengths", kv_lengths, k.shape[2])):
-        if lengths is None:
-            continue
-        if not torch.compiler.is_compiling() and not _in_range_before(lengths, size):
-            if ((lengths < 0) | (lengths > size)).any():  # a device sync when lengths live on the GPU
-                raise ConfigError(f"attention: {name} must lie in [0, {size}], got {lengths.tolist()}")
-            _IN_RANGE[id(lengths)] = (weakref.ref(lengths), lengths._version, size)
-
-
-# Lengths tensors already found within [0, size]: a model passes one lengths tensor to all its layers,
-# so the range check (a device sync for CUDA lengths) runs once per tensor, not once per layer.
-_IN_RANGE: dict[int, tuple[weakref.ref, int, int]] = {}
-
-
-def _in_range_before(lengths: torch.Tensor, size: int) -> bool:
-    entry = _IN_RANGE.get(id(lengths))
-    if entry is not None and entry[0]() is lengths and entry[1] == lengths._version and entry[2] <= size:
-        return True
-    if len(_IN_RANGE) > 256:
-        _IN_RANGE.clear()
-    return False
+    """The value check of the lengths, once per lengths tensor (``easytune.ops.lengths``)."""
+    if q_lengths is not None:
+        lengths_range.check_range(q_lengths, 0, q.shape[2], "attention", "q_lengths")
+    if kv_lengths is not None:
+        lengths_range.check_range(kv_lengths, 0, k.shape[2], "attention", "kv_lengths")
 
 
 def attention(

@@ -17,6 +17,7 @@ import torch
 
 from easytune.errors import ConfigError
 from easytune.generation import Generator
+from easytune.ops import lengths as lengths_range
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +42,7 @@ class RewardObjective:
         return out.float()
 
     def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.gen.decode(x0, batch["lengths"])
+        return self.gen.decode(x0, batch["lengths"], batch.get("num_frames"))
 
     def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.reward_model.reward(feats, batch["lengths"], batch["captions"])
@@ -54,9 +55,22 @@ class RewardObjective:
     def batch(
         self, captions: list[str], lengths: list[int] | torch.Tensor, device: torch.device
     ) -> dict[str, Any]:
-        lens = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+        host = [int(n) for n in lengths]  # the frame counts are host values: no device read later
+        if len(host) != len(captions) or not host or min(host) < 1:
+            raise ConfigError(
+                f"batch: need one length >= 1 (frames) per caption, got {len(captions)} captions and lengths "
+                f"{host[:8]}"
+            )
+        lens = torch.tensor(host, dtype=torch.int64).to(device)
+        lengths_range.mark_checked(lens, min(host), max(host))  # known on the host: no model reads it again
         cond, uncond = self.gen.conditions(captions, lens, device)
-        return {"cond": cond, "uncond": uncond, "captions": list(captions), "lengths": lens}
+        return {
+            "cond": cond,
+            "uncond": uncond,
+            "captions": list(captions),
+            "lengths": lens,
+            "num_frames": max(host),
+        }
 
 
 @dataclass
@@ -120,5 +134,10 @@ def build_finetuning(
             f"parameters outside the trainable module still require grad (they would collect gradients "
             f"that no optimizer zeroes): {stray[:5]}{' ...' if len(stray) > 5 else ''}"
         )
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    # fused: one kernel per step, and it skips a non-finite update on the device (GradScaler's found_inf),
+    # which keeps the trainer's NaN guard free of host syncs
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.AdamW(
+        params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None
+    )
     return FinetuneModels(RewardObjective(gen, reward_model, amp), optimizer, params, lora)

@@ -1,0 +1,221 @@
+"""Overhead benchmarks: what the Python around the kernels costs.
+
+``op_overhead``: each op through ``auto`` (``easytune.ops.attention`` / ``guided_step`` / ``reward_head``:
+validation + dispatch + the backend) against the bare call of the backend ``auto`` picks (its function,
+called directly), at the MLD shapes (CFG batch 2: attention [2, 4, 3, 64], guided step [2, 1, 256], reward
+head [2, 256]). The two are timed interleaved, in blocks of ``calls`` calls, and the median block gives the
+per-call seconds; ``overhead_us`` is the difference.
+
+``loop_overhead``: a no-grad 50-step guided DDIM sampling pass of the tiny MLD at batch 1 (compute ~0:
+this measures overhead) through ``easytune.diffusion.ddim_sample`` against a minimal hand-written loop over
+the same denoiser with bare ``F.scaled_dot_product_attention`` in its layers and the DDIM update written
+out with Python-float alphas. ``ratio`` = easytune / hand-written (goal: at most 1.1 eager).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from easytune.errors import ConfigError
+
+OP_TARGET_US = 5.0  # CPU: at most this much more per call than the bare backend
+LOOP_TARGET = 1.1
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], calls: int, blocks: int, device: torch.device):
+    """Median per-call seconds of each function, timed in alternating blocks of ``calls`` calls."""
+    for fn in fns.values():  # warm-up (dispatch caches, allocator)
+        for _ in range(max(10, calls // 10)):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - t0) / calls)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _op_cases(device: torch.device, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable, str]]:
+    from easytune import ops
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    q, k, v = (randn(2, 4, 3, 64) for _ in range(3))
+    out_c, out_u, x = (randn(2, 1, 256) for _ in range(3))
+    a_t = torch.rand(2, device=device) * 0.5 + 0.25
+    a_prev = a_t + 0.1
+    motion, text = randn(2, 256), randn(2, 256)
+    attention = ops.dispatch.resolve(
+        "attention", q=q, k=k, v=v, q_lengths=None, kv_lengths=None, dropout_p=0.0
+    )
+    step_inputs = dict(
+        model_cond=out_c, model_uncond=out_u, sample=x, eta=0.0, noise=None, prediction_type="epsilon",
+        alpha_prod_t=a_t, alpha_prod_t_prev=a_prev, guidance_scale=7.5,
+    )  # fmt: skip
+    step = ops.dispatch.resolve("guided_step", **step_inputs)
+    head = ops.dispatch.resolve("reward_head", motion=motion, text=text)
+    return {
+        "attention": (
+            lambda: ops.attention(q, k, v),
+            lambda: attention.fn(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropout_p=0.0),
+            attention.backend,
+        ),
+        "guided_step": (
+            lambda: ops.guided_step(out_c, out_u, x, a_t, a_prev, guidance_scale=7.5),
+            lambda: step.fn(out_c, out_u, x, a_t, a_prev, guidance_scale=7.5),
+            step.backend,
+        ),
+        "reward_head": (lambda: ops.reward_head(motion, text), lambda: head.fn(motion, text), head.backend),
+    }
+
+
+def op_overhead(
+    device: str | torch.device = "cpu", dtype: str = "float32", calls: int = 2000, blocks: int = 15
+) -> list[dict[str, Any]]:
+    """One row per op: ``auto_us``, ``bare_us`` (the backend ``auto`` picks, called directly),
+    ``overhead_us`` and, on CPU, whether it meets ``OP_TARGET_US``."""
+    device = torch.device(device)
+    torch_dtype = getattr(torch, dtype)
+    rows = []
+    for op, (auto, bare, backend) in _op_cases(device, torch_dtype).items():
+        with torch.no_grad():
+            t = _interleaved({"auto": auto, "bare": bare}, calls, blocks, device)
+        overhead = (t["auto"] - t["bare"]) * 1e6
+        rows.append(
+            {
+                "kind": "overhead",
+                "case": f"op/{op}/{device.type}",
+                "op": op,
+                "backend": backend,
+                "device": str(device),
+                "dtype": dtype,
+                "auto_us": t["auto"] * 1e6,
+                "bare_us": t["bare"] * 1e6,
+                "overhead_us": overhead,
+                "target_us": OP_TARGET_US if device.type == "cpu" else None,
+                "passes": overhead <= OP_TARGET_US if device.type == "cpu" else None,
+                "calls_per_block": calls,
+                "blocks": blocks,
+            }
+        )
+    return rows
+
+
+class _BareAttention:
+    """``easytune.models.layers.attention`` replaced by plain SDPA (no validation, no dispatch)."""
+
+    def __enter__(self) -> _BareAttention:
+        self.layers = sys.modules["easytune.models.layers"]
+        self.saved = self.layers.attention
+
+        def bare(q, k, v, *, q_lengths=None, kv_lengths=None, scale=None, dropout_p=0.0, backend=None):
+            if q_lengths is not None or kv_lengths is not None:
+                raise ConfigError("the hand-written loop's bare attention takes no lengths")
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+        self.layers.attention = bare
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.layers.attention = self.saved
+
+
+def _tiny_denoiser(device: torch.device, seed: int):
+    from easytune.diffusion import DDIMScheduler
+    from easytune.models.presets import build_model, get_preset, model_config
+    from easytune.text import build_text_encoder
+
+    torch.manual_seed(seed)
+    preset = get_preset("tiny")
+    text = build_text_encoder(preset["text_encoder"])
+    model = build_model(model_config(preset, text.sentence_dim)).to(device).eval()
+    scheduler = DDIMScheduler.from_config(preset["scheduler"])
+    cond = text.encode(["a person walks forward"], device=device).sentence[:, None]
+    null = text.encode([""], device=device).sentence[:, None]
+    return model.denoiser, scheduler, cond, null, float(preset["guidance_scale"])
+
+
+def loop_overhead(
+    device: str | torch.device = "cpu",
+    steps: int = 50,
+    blocks: int = 7,
+    seed: int = 0,
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
+    """The loop benchmark of the module docstring; one row. ``compile_mode``: also time the easytune pass
+    with the denoiser compiled (``torch.compile(mode=...)``) and report ``compiled_ratio``."""
+    from easytune.diffusion import ddim_sample
+
+    device = torch.device(device)
+    denoiser, scheduler, cond, null, w = _tiny_denoiser(device, seed)
+    scheduler.set_timesteps(steps)
+    x_T = torch.randn((1, *denoiser_shape(denoiser)), generator=torch.Generator().manual_seed(seed)).to(
+        device
+    )
+    timesteps = scheduler.timesteps.tolist()
+    a_t, a_prev = (a.tolist() for a in scheduler.alpha_pair(torch.tensor(timesteps)))
+    cond_in = torch.cat([cond, null])
+
+    def easytune_pass(fn=denoiser):
+        return ddim_sample(fn, scheduler, x_T, cond, null, guidance_scale=w)
+
+    def hand_pass():
+        x = x_T
+        for i, t in enumerate(timesteps):
+            tt = torch.full((2,), t, dtype=torch.int64, device=device)
+            out = denoiser(torch.cat([x, x]), tt, cond_in)
+            eps = out[1:] + w * (out[:1] - out[1:])
+            x0 = (x - (1 - a_t[i]) ** 0.5 * eps) / a_t[i] ** 0.5
+            x = a_prev[i] ** 0.5 * x0 + (1 - a_prev[i]) ** 0.5 * eps
+        return x
+
+    with torch.no_grad():
+        with _BareAttention():
+            reference = hand_pass()
+        torch.testing.assert_close(easytune_pass(), reference, rtol=1e-4, atol=1e-5)  # the same sampler
+
+        def hand():
+            with _BareAttention():
+                return hand_pass()
+
+        t = _interleaved({"easytune": easytune_pass, "hand": hand}, 1, blocks, device)
+        row: dict[str, Any] = {
+            "kind": "overhead",
+            "case": f"loop/tiny/b1/{steps}/{device.type}",
+            "device": str(device),
+            "steps": steps,
+            "easytune_s": t["easytune"],
+            "hand_s": t["hand"],
+            "ratio": t["easytune"] / t["hand"],
+            "target_ratio": LOOP_TARGET,
+            "passes": t["easytune"] / t["hand"] <= LOOP_TARGET,
+            "blocks": blocks,
+            "compile_mode": compile_mode,
+        }
+        if compile_mode is not None:
+            compiled = torch.compile(denoiser, mode=compile_mode)
+            warm0 = time.perf_counter()
+            easytune_pass(compiled)
+            row["compile_warmup_s"] = time.perf_counter() - warm0
+            tc = _interleaved({"compiled": lambda: easytune_pass(compiled), "hand": hand}, 1, blocks, device)
+            row.update(compiled_s=tc["compiled"], compiled_ratio=tc["compiled"] / tc["hand"])
+    return row
+
+
+def denoiser_shape(denoiser: torch.nn.Module) -> tuple[int, int]:
+    c = denoiser.config
+    return (c.latent_size, c.latent_dim)
