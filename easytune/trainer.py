@@ -26,6 +26,7 @@ from easytune.errors import ConfigError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
 from easytune.train_utils import check_finite
 
+COMPILE_MODES = (None, "default", "reduce-overhead")
 RewardFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
 DecodeFn = Callable[[torch.Tensor, Mapping[str, Any]], Any]
 
@@ -90,6 +91,9 @@ class Trainer:
         backend: ``ops.guided_step`` backend (None: ``EASYTUNE_GUIDED_STEP_BACKEND`` / auto).
         grad_reducer: called with the list of gradients before every update, before clipping (data-parallel
             runs average them across processes here, as ``DistributedDataParallel`` would).
+        compile: None (eager), ``"default"`` or ``"reduce-overhead"``: ``torch.compile`` the denoiser, the
+            no-grad steps and the gradient steps separately; ``reduce-overhead`` replays CUDA graphs for the
+            no-grad steps on CUDA. The first trajectories compile (slow); later ones reuse the code.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Trainer:
         seed: int = 0,
         backend: str | None = None,
         grad_reducer: Callable[[list[torch.Tensor]], None] | None = None,
+        compile: str | None = None,
     ) -> None:
         if not isinstance(method, Method):
             raise ConfigError(
@@ -135,6 +140,15 @@ class Trainer:
         self.reward_weight = float(reward_weight)
         self.backend = backend
         self.grad_reducer = grad_reducer
+        if compile not in COMPILE_MODES:
+            raise ConfigError(f"Trainer: compile must be one of {COMPILE_MODES}, got {compile!r}")
+        self.compile = compile
+        # Two compiled copies of the denoiser: the no-grad sampling steps (CUDA graphs replayed under
+        # "reduce-overhead": static buffers, fixed shapes) and the gradient steps (inductor, no graphs).
+        self._denoise_nograd = self._denoise_grad = denoise_fn
+        if compile is not None:
+            self._denoise_nograd = torch.compile(denoise_fn, mode=compile)
+            self._denoise_grad = torch.compile(denoise_fn, mode="default")
         self.generator = torch.Generator().manual_seed(seed)
         self.num_updates = 0
         self.last_plan: list[StepPlan] = []
@@ -346,8 +360,15 @@ class Trainer:
         model_input = x.detach() if plan.detach_input else x
         with torch.set_grad_enabled(plan.grad):
             out_cond, out_uncond = steps.model_outputs(
-                model_input, plan.index, cond_in, checkpoint=plan.grad and plan.checkpoint
+                model_input,
+                plan.index,
+                cond_in,
+                checkpoint=plan.grad and plan.checkpoint,
+                denoise_fn=self._denoise_grad if plan.grad else self._denoise_nograd,
             )
+        if self.compile == "reduce-overhead" and not plan.grad:  # a CUDA-graph output is overwritten
+            out_cond = out_cond.clone()  # by the next replay: keep this step's
+            out_uncond = None if out_uncond is None else out_uncond.clone()
         noise = self._randn(x.shape, x) if self.eta > 0 else None
         _, x0_hat, x_prev = steps.update(out_cond, out_uncond, x, plan.index, noise)
         return x0_hat, x_prev

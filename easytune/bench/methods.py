@@ -109,6 +109,7 @@ class Setup:
     objective: Any  # easytune.training.objective.RewardObjective
     seed: int
     checkpoint_frozen: bool = False
+    precision: str = "fp32"
 
     @property
     def model(self) -> torch.nn.Module:
@@ -129,12 +130,16 @@ class Setup:
     def all_parameters(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.reward_model.parameters()]
 
-    def trainer(self, method: Any, lr: float = 1e-5) -> Any:
+    def trainer(self, method: Any, lr: float = 1e-5, compile: str | None = None) -> Any:
         from easytune.trainer import Trainer
         from easytune.training.objective import build_finetuning
 
         parts = build_finetuning(
-            self.gen, self.reward_model, lr=lr, checkpoint_frozen=self.checkpoint_frozen
+            self.gen,
+            self.reward_model,
+            lr=lr,
+            checkpoint_frozen=self.checkpoint_frozen,
+            precision=self.precision,
         )
         return Trainer(
             parts.objective.denoise,
@@ -147,6 +152,7 @@ class Setup:
             max_grad_norm=1.0,
             latent_shape=self.latent_shape,
             seed=self.seed,
+            compile=compile,
         )
 
     def sample_nograd(self) -> torch.Tensor:
@@ -180,6 +186,7 @@ def build_setup(
     checkpoint: str | None = None,
     reward_checkpoint: str | None = None,
     checkpoint_frozen: bool = False,
+    precision: str = "fp32",
 ) -> Setup:
     """Models of ``preset`` (``mld`` | ``tiny``) on ``device``, freshly initialised from ``seed`` unless
     ``checkpoint`` (an MLD checkpoint with a config) / ``reward_checkpoint`` (a reward checkpoint or
@@ -232,10 +239,12 @@ def build_setup(
         std=torch.ones(nfeats),
     )
     # The same freezing (VAE, reward model), eval mode and activation checkpointing as `easytune finetune`.
-    objective = build_finetuning(gen, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen).objective
+    objective = build_finetuning(
+        gen, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen, precision=precision
+    ).objective
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
     data = objective.batch(captions, motion_lengths(batch, seed), device)
-    return Setup(preset, device, data, gen, reward_model, objective, seed, checkpoint_frozen)
+    return Setup(preset, device, data, gen, reward_model, objective, seed, checkpoint_frozen, precision)
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -267,6 +276,8 @@ def prepare_method_case(
     warmup: int = 1,
     seed: int = 0,
     checkpoint_frozen: bool = False,
+    precision: str = "fp32",
+    compile: str | None = None,
 ) -> PreparedCase:
     """Steps 1-2 of the module docstring: no-grad pass, warm-up, one trainer step under the memory meters."""
     from easytune.bench.memory import LiveTensorMeter, PeakMemory, SavedTensorsMeter, tensor_bytes
@@ -275,7 +286,9 @@ def prepare_method_case(
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
     case = MethodCase(method, k)
-    setup = build_setup(preset, device, batch, steps, seed, checkpoint_frozen=checkpoint_frozen)
+    setup = build_setup(
+        preset, device, batch, steps, seed, checkpoint_frozen=checkpoint_frozen, precision=precision
+    )
     dev, cuda = setup.device, setup.device.type == "cuda"
     weights = tensor_bytes(
         [
@@ -289,9 +302,11 @@ def prepare_method_case(
     nograd_seconds, _ = time_once(setup.sample_nograd, dev)
     with PeakMemory(dev) as nograd_device, LiveTensorMeter() as nograd_live:
         setup.sample_nograd()
-    trainer = setup.trainer(case.build())
+    trainer = setup.trainer(case.build(), compile=compile)
+    warm0 = time.perf_counter()  # compile happens here: reported apart from the timed steps
     for _ in range(warmup):
         trainer.step(setup.batch)
+    warmup_seconds = time.perf_counter() - warm0
     # One step under the memory meters (they slow Python down); timing happens in separate steps. Optimizer
     # state that exists before it is added; state created inside it (warmup=0) is seen by the live meter.
     optimizer_bytes = _optimizer_state_bytes(trainer.optimizer)
@@ -314,10 +329,13 @@ def prepare_method_case(
         "preset": preset,
         "device": str(dev),
         "batch": batch,
-        "dtype": "float32",
+        "dtype": "bfloat16 autocast" if precision == "bf16" else "float32",
         "ddim_steps": steps,
         "guidance_scale": setup.guidance_scale,
         "checkpoint_frozen": checkpoint_frozen,
+        "precision": precision,
+        "compile": compile,
+        "warmup_seconds": warmup_seconds,
         "peak_bytes": peak_bytes,
         "nograd_peak_bytes": nograd_peak,
         "additional_bytes": peak_bytes - nograd_peak,
@@ -389,21 +407,28 @@ def measure_method_case(
     warmup: int = 1,
     seed: int = 0,
     checkpoint_frozen: bool = False,
+    precision: str = "fp32",
+    compile: str | None = None,
 ) -> dict[str, Any]:
-    """Measure one case (see the module docstring); returns its result row (without the case id)."""
+    """Measure one case (see the module docstring); returns its result row (without the case id), with
+    ``backends``: which backend ran each op during the timed steps (``ops.dispatch.call_counts``)."""
     from easytune.bench.memory import PeakMemory
     from easytune.bench.nvml import NvmlSampler
+    from easytune.ops import dispatch
 
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    prepared = prepare_method_case(preset, device, batch, method, k, steps, warmup, seed, checkpoint_frozen)
+    prepared = prepare_method_case(
+        preset, device, batch, method, k, steps, warmup, seed, checkpoint_frozen, precision, compile
+    )
     dev = prepared.setup.device
     cuda = dev.type == "cuda"
     recorder = StepRecorder(prepared)
+    dispatch.call_counts(reset=True)
     with NvmlSampler(dev.index or 0) if cuda else _Null() as nvml, PeakMemory(dev) as timed_peak:
         for _ in range(repeats):
             recorder.step()
-    row = {**prepared.row, **recorder.fields()}
+    row = {**prepared.row, **recorder.fields(), "backends": dispatch.call_counts()}
     if cuda:
         row.update(nvml.summary())
         if timed_peak.peak_bytes > row["peak_bytes"]:  # a random plan (ReFL, DRTune, AlignProp) can vary
@@ -432,6 +457,8 @@ def run_methods(
     seed: int = 0,
     checkpoint_frozen: bool = False,
     log: Callable[[str], None] = lambda s: None,
+    precision: str = "fp32",
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per case (``kind: method``); a fresh process per case when ``isolate``. A failing case
     becomes a row with ``status: "failed"`` and the error, and the others still run. Case ids end in
@@ -453,10 +480,16 @@ def run_methods(
             "warmup": warmup,
             "seed": seed,
             "checkpoint_frozen": checkpoint_frozen,
+            "precision": precision,
+            "compile": compile,
         }
         case_id = f"{case.label}/{preset}/b{batch}/{torch.device(device).type}" + (
             "/ckpt" if checkpoint_frozen else ""
         )
+        if precision != "fp32":
+            case_id += f"/{precision}"
+        if compile:
+            case_id += f"/compile-{compile}"
         log(f"[bench methods] {case_id} ...")
         try:
             row = (

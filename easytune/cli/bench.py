@@ -1,4 +1,4 @@
-"""``easytune bench env | ceilings | methods | time-to-reward | kernels | report | compare``.
+"""``easytune bench env | ceilings | methods | overhead | time-to-reward | kernels | report | compare``.
 
 Every measuring command writes an easytune result file (``--json``) whose rows carry the environment
 record; ``report`` turns result files into markdown + PNG plots and ``compare`` exits 1 on regressions.
@@ -70,8 +70,37 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="per-layer activation checkpointing in the frozen VAE and reward model (all methods)",
     )
+    m.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="fp32 | tf32 (TF32 matmuls, CUDA) | bf16 (autocast of denoiser, VAE, reward model)",
+    )
+    m.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead"),
+        default=None,
+        help="torch.compile the denoiser (compile time goes to the row's warmup_seconds)",
+    )
     m.add_argument("--json", required=True, help="result file to write")
     m.set_defaults(func=_methods)
+
+    o = sub.add_parser(
+        "overhead", help="dispatch overhead per op and sampling-loop overhead against hand-written code"
+    )
+    o.add_argument("--device", default="auto", help=DEVICE_HELP)
+    o.add_argument("--calls", type=int, default=1000, help="calls per timed block (per-op rows)")
+    o.add_argument("--blocks", type=int, default=15, help="interleaved timed blocks per function")
+    o.add_argument("--loop-blocks", type=int, default=7, help="timed sampling passes per loop")
+    o.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling pass")
+    o.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead"),
+        default=None,
+        help="also time the sampling pass with the denoiser compiled in this mode",
+    )
+    o.add_argument("--json", required=True, help="result file to write")
+    o.set_defaults(func=_overhead)
 
     t = sub.add_parser(
         "time-to-reward", help="wall time for each method to reach reward levels (synthetic task)"
@@ -187,8 +216,35 @@ def _methods(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_frozen=args.checkpoint_frozen,
         log=lambda s: print(s, file=sys.stderr),
+        precision=args.precision,
+        compile=args.compile,
     )
     _write(args.json, rows, args.device, vars_config(args))
+    return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from easytune.bench.overhead import loop_overhead, op_overhead
+    from easytune.errors import ConfigError
+
+    for name in ("calls", "blocks", "loop_blocks", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    rows = op_overhead(args.device, calls=args.calls, blocks=args.blocks)
+    for r in rows:
+        print(
+            f"[bench overhead] {r['op']:12s} auto {r['auto_us']:8.1f} us, {r['backend']} bare "
+            f"{r['bare_us']:8.1f} us, overhead {r['overhead_us']:6.2f} us",
+            file=sys.stderr,
+        )
+    loop = loop_overhead(args.device, args.steps, args.loop_blocks, compile_mode=args.compile)
+    print(
+        f"[bench overhead] {args.steps}-step sampling pass: easytune {loop['easytune_s'] * 1e3:.1f} ms, "
+        f"hand-written {loop['hand_s'] * 1e3:.1f} ms, ratio {loop['ratio']:.3f}"
+        + (f", compiled ratio {loop['compiled_ratio']:.3f}" if "compiled_ratio" in loop else ""),
+        file=sys.stderr,
+    )
+    _write(args.json, [*rows, loop], args.device, vars_config(args))
     return 0
 
 

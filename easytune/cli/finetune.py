@@ -14,7 +14,13 @@ from easytune.cli._common import DEVICE_HELP
 
 
 def register(subparsers: Any) -> None:
-    from easytune.training.finetune_config import LR_SCHEDULES, METHOD_NAMES, FinetuneConfig
+    from easytune.training.finetune_config import (
+        COMPILE_MODES,
+        LR_SCHEDULES,
+        METHOD_NAMES,
+        PRECISIONS,
+        FinetuneConfig,
+    )
 
     d = FinetuneConfig  # the defaults live in the config dataclass
     p = subparsers.add_parser("finetune", help="reward fine-tuning with EasyTune or a baseline",
@@ -46,7 +52,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     p.add_argument("--inference-steps", type=int, default=50, help="DDIM steps per trajectory")
     p.add_argument("--reward-weight", type=float, default=1.0)
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on CUDA")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast of denoiser, VAE and reward "
+                        "model; reward, loss and optimizer state in fp32) (default %(default)s)")
+    p.add_argument("--compile", choices=[m for m in COMPILE_MODES if m], default=None,
+                   help="torch.compile the denoiser (no-grad and gradient steps separately); "
+                        "reduce-overhead: CUDA graphs for the no-grad steps")
     p.add_argument("--checkpoint-frozen", action="store_true",
                    help="activation checkpointing in the frozen VAE decoder and reward model (less memory)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="keep an EMA of the weights")
@@ -76,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         base=args.base, reward=args.reward, data=args.data, out=args.out, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None, guidance_scale=args.guidance,
-        num_inference_steps=args.inference_steps, reward_weight=args.reward_weight, amp=args.amp,
+        num_inference_steps=args.inference_steps, reward_weight=args.reward_weight, precision=args.precision,
+        compile=args.compile,
         checkpoint_frozen=args.checkpoint_frozen,
         ema=args.ema, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, reg_weight=args.reg_weight,
         eval_every=args.eval_every, ckpt_every=args.ckpt_every, time_budget=args.time_budget, seed=args.seed,

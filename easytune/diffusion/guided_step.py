@@ -80,18 +80,26 @@ class GuidedStep:
         return concat_conditions(cond, uncond), True
 
     def model_outputs(
-        self, x: torch.Tensor, i: int, cond_in: tuple[Any, bool], *, checkpoint: bool = False
+        self,
+        x: torch.Tensor,
+        i: int,
+        cond_in: tuple[Any, bool],
+        *,
+        checkpoint: bool = False,
+        denoise_fn: DenoiseFn | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(out_cond, out_uncond or None) of step ``i`` for ``x`` [B, ...] (one denoiser call);
-        ``checkpoint``: recompute the call's activations in backward."""
+        ``checkpoint``: recompute the call's activations in backward; ``denoise_fn``: another callable of
+        the same model (e.g. a compiled copy) for this call."""
+        fn = self.denoise_fn if denoise_fn is None else denoise_fn
         cond, guided = cond_in
         batch = x.shape[0]
         t = self._device_rows(x.device, batch, guided)[2][i]
         model_in = torch.cat([x, x]) if guided else x
         if checkpoint:
-            out = activation_checkpoint(self.denoise_fn, model_in, t, cond, use_reentrant=False)
+            out = activation_checkpoint(fn, model_in, t, cond, use_reentrant=False)
         else:
-            out = self.denoise_fn(model_in, t, cond)
+            out = fn(model_in, t, cond)
         expected = (model_in.shape[0], *x.shape[1:])
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -131,10 +131,9 @@ class Implementation:
 
 _REGISTRY: dict[str, list[Implementation]] = {}
 _LOGGED: set[tuple[str, str, str]] = set()
-_CACHE: dict[tuple, str] = {}
-_BY_NAME: dict[tuple[str, str], Implementation] = {}
-# How often each backend ran each op through ``resolve`` (per-op call counters for benchmark rows).
-CALLS: dict[tuple[str, str], int] = {}
+_CACHE: dict[tuple, int] = {}  # signature -> index into _IMPLS
+_IMPLS: list[Implementation] = []  # every implementation ever registered (replaced ones stay, unused)
+_COUNTS: list[int] = []  # calls through ``resolve`` per entry of _IMPLS
 
 # ``auto`` order per op (fastest first); ``math`` is always last and always runs. The varlen
 # libraries (flash, xformers) come after the kernels that mask by lengths in place: they need the
@@ -172,8 +171,21 @@ def register(
     )
     order = {name: i for i, name in enumerate(PRIORITY.get(op, BACKENDS))}
     impls.sort(key=lambda i: order.get(i.backend, len(order)))
-    _BY_NAME[(op, backend)] = impls[[i.backend for i in impls].index(backend)]
+    _IMPLS.append(impls[[i.backend for i in impls].index(backend)])
+    _COUNTS.append(0)
     clear_cache()
+
+
+def call_counts(reset: bool = False) -> dict[str, dict[str, int]]:
+    """``{op: {backend: calls}}``: how often each backend ran each op through ``resolve`` since the start
+    (or the last ``reset``): what benchmark rows record as the backends actually used."""
+    out: dict[str, dict[str, int]] = {}
+    for impl, n in zip(_IMPLS, _COUNTS):
+        if n:
+            out.setdefault(impl.op, {})[impl.backend] = out.get(impl.op, {}).get(impl.backend, 0) + n
+    if reset:
+        _COUNTS[:] = [0] * len(_COUNTS)
+    return out
 
 
 def clear_cache() -> None:
@@ -220,7 +232,8 @@ _Tensor = torch.Tensor
 def _signature(op: str, backend: str | None, inputs: dict[str, Any]) -> tuple:
     """What the choice depends on: the op, the backend argument, the environment variables, grad mode, TF32,
     the input names, and per input its device, dtype, shape and requires_grad (tensors) or value."""
-    key: list[Any] = [op, backend, _env_values(op), torch.is_grad_enabled(), _ALLOW_TF32(), tuple(inputs)]
+    env = _ENV_STATE.get(op) or _env_values(op)
+    key: list[Any] = [op, backend, env, torch.is_grad_enabled(), _ALLOW_TF32(), tuple(inputs)]
     for value in inputs.values():
         if isinstance(value, _Tensor):
             key += (value.device, value.dtype, value.shape, value.requires_grad)
@@ -240,21 +253,24 @@ def resolve(
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
     """
-    key = (op, _choose(op, backend, validate, **inputs))
-    CALLS[key] = CALLS.get(key, 0) + 1
-    return _BY_NAME[key]
+    index = _choose(op, backend, validate, inputs)
+    _COUNTS[index] += 1
+    return _IMPLS[index]
 
 
 @torch.compiler.assume_constant_result
-def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, **inputs: Any) -> str:
+def _choose(
+    op: str, backend: str | None, validate: Callable[..., None] | None, inputs: dict[str, Any]
+) -> int:
     key = _signature(op, backend, inputs)
-    name = _CACHE.get(key)
-    if name is None:
+    index = _CACHE.get(key)
+    if index is None:
         choice = requested_backend(op, backend)
         if validate is not None:
             validate(**inputs)
-        name = _CACHE[key] = _evaluate(op, choice, inputs).backend
-    return name
+        impl = _evaluate(op, choice, inputs)
+        index = _CACHE[key] = next(i for i, known in enumerate(_IMPLS) if known is impl)
+    return index
 
 
 def _evaluate(op: str, choice: str, inputs: dict[str, Any]) -> Implementation:

@@ -155,7 +155,7 @@ class Run:
             lora_rank=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
             checkpoint_frozen=cfg.checkpoint_frozen,
-            amp=cfg.amp,
+            precision=cfg.precision,
         )
         self.objective, self.optimizer, self.lora = parts.objective, parts.optimizer, parts.lora
         model = self.gen.trainable
@@ -185,6 +185,7 @@ class Run:
             reward_weight=cfg.reward_weight,
             seed=cfg.seed + self.info.rank,
             grad_reducer=_grad_averager(self.info) if self.info.world_size > 1 else None,
+            compile=cfg.compile,
         )
         if self.info.world_size > 1:
             for p in model.state_dict().values():

@@ -10,6 +10,8 @@ from typing import Any
 
 from easytune.errors import ConfigError
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = (None, "default", "reduce-overhead")  # easytune.trainer.COMPILE_MODES (tested equal)
 # --method names, in the order of the docs table; easytune.training.finetune.METHODS maps them to classes.
 METHOD_NAMES = ("easytune", "draft", "draft-lv", "refl", "drtune", "alignprop")
 LR_SCHEDULES = ("constant", "cosine")
@@ -35,7 +37,8 @@ class FinetuneConfig:
     guidance_scale: float | None = None
     num_inference_steps: int = 50
     reward_weight: float = 1.0
-    amp: str = "none"
+    precision: str = "fp32"
+    compile: str | None = None
     checkpoint_frozen: bool = False
     ema: float | None = None
     lora_rank: int | None = None
@@ -61,8 +64,10 @@ class FinetuneConfig:
         from easytune.training.finetune import build_method  # (imports torch: only when validating)
 
         build_method(self.method, **self.method_options)  # unknown method / inapplicable option: refused
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile must be one of {COMPILE_MODES[1:]} or unset, got {self.compile!r}")
         if self.reg_weight < 0:
             raise ConfigError(f"--reg-weight must be >= 0, got {self.reg_weight}")
         if self.time_budget is not None and self.time_budget <= 0:

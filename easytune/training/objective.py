@@ -18,34 +18,52 @@ import torch
 from easytune.errors import ConfigError
 from easytune.generation import Generator
 from easytune.ops import lengths as lengths_range
+from easytune.training.finetune_config import PRECISIONS
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+def set_precision(precision: str) -> None:
+    """``tf32``: let float32 matmuls and convolutions use TF32 tensor cores (CUDA; no effect on the CPU);
+    ``fp32`` turns that off; ``bf16`` leaves it (the bf16 autocast of ``RewardObjective`` does the rest)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "bf16":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 class RewardObjective:
     """The trainer's callables for a loaded generator + reward model: ``denoise``, ``decode``, ``reward`` and
     ``batch`` (captions + frame lengths -> the trainer's batch dict: ``cond``, ``uncond``, ``captions``,
-    ``lengths`` int64 [B])."""
+    ``lengths`` int64 [B], ``num_frames``).
 
-    def __init__(self, gen: Generator, reward_model: torch.nn.Module, amp: str = "none") -> None:
-        if amp not in AMP_DTYPES:
-            raise ConfigError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    ``precision="bf16"``: the denoiser, the VAE decoder and the reward model run under bf16 autocast; their
+    outputs, the reward value, the loss and the optimizer state stay float32. ``fp32`` / ``tf32``: no
+    autocast (``set_precision`` sets TF32)."""
+
+    def __init__(self, gen: Generator, reward_model: torch.nn.Module, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
         self.gen = gen
         self.reward_model = reward_model
-        self.autocast_dtype = AMP_DTYPES[amp]
+        self.precision = precision
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        with torch.autocast(
-            x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
+        with self._autocast(x.device):
             out = self.gen.denoise(x, t, cond)
         return out.float()
 
     def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.gen.decode(x0, batch["lengths"], batch.get("num_frames"))
+        with self._autocast(x0.device):
+            feats = self.gen.decode(x0, batch["lengths"], batch.get("num_frames"))
+        return feats.float()
 
     def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        return self.reward_model.reward(feats, batch["lengths"], batch["captions"])
+        with self._autocast(feats.device):
+            reward = self.reward_model.reward(feats, batch["lengths"], batch["captions"])
+        return reward.float()
 
     @property
     def decode_fn(self):
@@ -97,12 +115,13 @@ def build_finetuning(
     lora_rank: int | None = None,
     lora_alpha: float = 16.0,
     checkpoint_frozen: bool = False,
-    amp: str = "none",
+    precision: str = "fp32",
 ) -> FinetuneModels:
     """Freeze the reward path, prepare the trainable module and its optimizer (see the module docstring).
 
     ``checkpoint_frozen``: per-layer activation checkpointing in the VAE decoder and the reward model (same
-    losses and gradients, less memory). Raises ``ConfigError`` if anything outside the trainable parameters
+    losses and gradients, less memory). ``precision``: ``fp32 | tf32 | bf16`` (see ``RewardObjective``).
+    Raises ``ConfigError`` if anything outside the trainable parameters
     would still receive gradients.
     """
     from easytune.models.layers import set_gradient_checkpointing
@@ -140,4 +159,5 @@ def build_finetuning(
     optimizer = torch.optim.AdamW(
         params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None
     )
-    return FinetuneModels(RewardObjective(gen, reward_model, amp), optimizer, params, lora)
+    set_precision(precision)
+    return FinetuneModels(RewardObjective(gen, reward_model, precision), optimizer, params, lora)
