@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.easytune-installed
 JOBS ?= 2
 
-.PHONY: setup demo test lint cuda-build bench clean
+.PHONY: setup demo test lint cuda-build bench clean gpu-check gpu-check-dry
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ cuda-build:
 
 test: setup cuda-build
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=$(JOBS) $(VENV)/bin/pytest -q tests
+	$(MAKE) gpu-check-dry
+
+# Every GPU test and benchmark in one unattended pass on a bare GPU machine (no install: runs from this
+# tree with the machine's python; ~8 min). Results in $$OUT (or gpu-check-out/). See docs/bench.md.
+gpu-check:
+	python3 scripts/gpu_check.py --out "$${OUT:-gpu-check-out}"
+
+# The same script on the CPU at tiny sizes: every stage runs and every output file has its fields.
+gpu-check-dry: setup
+	$(PY) scripts/gpu_check.py --dry-run --out build/gpu-check-dry
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -95,3 +95,61 @@ def environment(device: str | torch.device = "cpu", config: dict[str, Any] | Non
     if device.type == "cuda":
         record.update(cuda_device_info(device))
     return record
+
+
+SDPA_KERNELS = {
+    "flash": "flash",
+    "efficient": "efficient",
+    "fmha": "efficient",
+    "cudnn": "cudnn",
+    "_scaled_dot_product_attention_math": "math",
+}
+
+
+def sdpa_backend(device: str | torch.device, shape: tuple[int, int, int, int]) -> dict[str, Any]:
+    """Which SDPA implementation torch runs for ``F.scaled_dot_product_attention`` with a key-padding mask
+    [B, 1, 1, T] at ``shape`` (B, H, T, D) in bf16 (float32 on a CPU): read off the profiler's op names."""
+    device = torch.device(device)
+    b, h, t, d = shape
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q = torch.randn(b, h, t, d, device=device, dtype=dtype)
+    lengths = torch.randint(max(1, t // 4), t + 1, (b,), device=device)
+    mask = (torch.arange(t, device=device)[None] < lengths[:, None])[:, None, None]
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    names = [e.name for e in prof.events()]
+    found = sorted({kind for n in names for key, kind in SDPA_KERNELS.items() if key in n.lower()})
+    return {
+        "shape": [b, h, t, d],
+        "dtype": str(dtype),
+        "mask": "key padding [B, 1, 1, T]",
+        "kernels": found or ["math"],
+        "ops": sorted({n for n in names if "attention" in n.lower()})[:8],
+    }
+
+
+def environment_probe(
+    device: str | torch.device, attention_shape: tuple[int, int, int, int]
+) -> dict[str, Any]:
+    """What ``make gpu-check`` records first: versions, the environment record, ``easytune info``, the SDPA
+    backend for the masked attention shape, and the device ceilings (copy bandwidth, matmul rate)."""
+    from easytune.bench.ceilings import measure_ceilings
+    from easytune.cli.info import collect
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda_runtime": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "environment": environment(device),
+        "info": collect(str(device) if cuda else None),
+        "sdpa_backend": sdpa_backend(device, attention_shape),
+        "ceilings": measure_ceilings(device, ("bfloat16",) if cuda else ("float32",)),
+    }

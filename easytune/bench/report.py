@@ -348,6 +348,45 @@ def _plot_reward_curves(plt: Any, rows: list[dict[str, Any]], path: Path) -> Non
     plt.close(fig)
 
 
+def _overhead_md(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Overhead (`easytune bench overhead`)", ""]
+    ops = [r for r in rows if "op" in r]
+    if ops:
+        lines += ["| op | backend | auto us | bare us | overhead us | target |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r['op']} | {r['backend']} | {_num(r['auto_us'])} | {_num(r['bare_us'])} | "
+            f"{_num(r['overhead_us'])} | {r.get('target_us') or '-'} |"
+            for r in ops
+        ]
+    for r in rows:
+        if "ratio" in r:
+            compiled = f", compiled ratio {_num(r['compiled_ratio'])}" if r.get("compiled_ratio") else ""
+            lines += [
+                "",
+                f"- {r['case']}: easytune {_num(r['easytune_s'] * 1e3)} ms, hand-written "
+                f"{_num(r['hand_s'] * 1e3)} ms, ratio {_num(r['ratio'])} "
+                f"(target {r['target_ratio']}){compiled}",
+            ]
+    return lines + [""]
+
+
+def _profile_md(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Profile of EasyTune updates", ""]
+    for r in rows:
+        busy = r.get("busy_fraction")
+        lines.append(
+            f"- {r['case']}: {_num(r['kernels_per_update'])} {r['what']} per update, "
+            f"{_num(r['seconds_per_update'])} s per update, "
+            f"GPU busy {'n/a' if busy is None else _num(busy)}; top: "
+            + ", ".join(f"{k['name'][:48]} {_num(k['total_ms'])} ms" for k in r.get("top_kernels", [])[:5])
+        )
+    return lines + [""]
+
+
 def write_report(
     sets: list[ResultSet], out_dir: str | os.PathLike, levels: list[float] | None = None
 ) -> list[Path]:
@@ -377,6 +416,7 @@ def write_report(
         ]
         lines.append("")
     lines += _methods_md(methods) + _time_to_reward_md(ttr) + _kernels_md(kernels)
+    lines += _overhead_md(_rows(sets, "overhead")) + _profile_md(_rows(sets, "profile"))
     written = [out / "report.md"]
     written[0].write_text("\n".join(lines))
 

@@ -136,7 +136,10 @@ def register(subparsers: Any) -> None:
     k.add_argument("--ops", default="attention,guided_step,reward_head")
     k.add_argument("--passes", default="fwd,bwd,fwd+bwd")
     k.add_argument(
-        "--attention-shape", default=None, help="B,H,T,D (default: 4,4,64,32 CPU; 64,4,196,64 GPU)"
+        "--attention-shape",
+        action="append",
+        default=None,
+        help="B,H,T,D; repeat for several shapes (default: 4,4,64,32 CPU; 64,4,196,64 GPU)",
     )
     k.add_argument(
         "--flex-cpu", action="store_true", help="include FlexAttention's forward on CPU (slow compile)"
@@ -278,7 +281,11 @@ def _kernels(args: argparse.Namespace) -> int:
     from easytune.bench.kernels import parse_attention_shape, run_kernels
 
     dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
-    shapes = {"attention": [parse_attention_shape(args.attention_shape)]} if args.attention_shape else None
+    shapes = (
+        {"attention": [parse_attention_shape(text) for text in args.attention_shape]}
+        if args.attention_shape
+        else None
+    )
     ceilings = None if args.no_ceilings else measure_ceilings(args.device)
     rows = run_kernels(args.device, dtype, _csv(args.ops), _csv(args.passes), shapes, ceilings, args.flex_cpu)
     if ceilings:

@@ -253,15 +253,13 @@ def resolve(
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
     """
-    index = _choose(op, backend, validate, inputs)
+    index = _choose(op, backend, validate, **inputs)
     _COUNTS[index] += 1
     return _IMPLS[index]
 
 
 @torch.compiler.assume_constant_result
-def _choose(
-    op: str, backend: str | None, validate: Callable[..., None] | None, inputs: dict[str, Any]
-) -> int:
+def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, **inputs: Any) -> int:
     key = _signature(op, backend, inputs)
     index = _CACHE.get(key)
     if index is None:
