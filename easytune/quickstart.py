@@ -45,7 +45,7 @@ class QuickstartConfig:
     k: int = 10
     batch_size: int = 8
     lr: float = 2e-5
-    warmup: int = 10
+    warmup: int = 2  # trajectories (the same LR schedule for both methods, see docs/methods.md)
     inference_steps: int = 50
     eval_replications: int = 1
     seed: int = 0

@@ -19,7 +19,7 @@ from easytune.generation import load_generator
 from easytune.models.presets import build_model, get_preset, model_config
 from easytune.models.reward import build_reward_model
 from easytune.text import build_text_encoder
-from easytune.training.finetune import FinetuneConfig, Run, build_method
+from easytune.training.finetune import METHODS, FinetuneConfig, Run, build_method
 
 TEXT = "builtin:token_dim=16,sentence_dim=16"
 
@@ -265,3 +265,16 @@ def test_only_rank_zero_writes_run_files(assets, tmp_path):
     run.train()
     assert (out / "metrics.jsonl").read_text() == '{"step": 1, "written": "by rank 0"}\n'
     assert not (out / "last.pt").exists() and not (out / "tb").exists()
+
+
+def test_the_light_config_module_agrees_with_the_trainer_and_the_objective():
+    from easytune import trainer
+    from easytune.training import finetune_config, objective
+
+    assert finetune_config.COMPILE_MODES == trainer.COMPILE_MODES
+    assert objective.PRECISIONS is finetune_config.PRECISIONS
+    assert tuple(METHODS) == finetune_config.METHOD_NAMES
+    with pytest.raises(ConfigError, match="--precision"):
+        FinetuneConfig(precision="fp8").validate()
+    with pytest.raises(ConfigError, match="--compile"):
+        FinetuneConfig(compile="max").validate()

@@ -40,12 +40,15 @@ def test_unknown_backend_argument_is_a_config_error():
         ops.attention(*_qkv().values(), backend="cudnn")
 
 
-@pytest.mark.parametrize("backend,kwargs,reason", [
-    ("triton", dict(D=48), "head dim 48"),
-    ("triton", dict(dtype=torch.float64), "float64 is not supported"),
-    ("xformers", {}, "xformers is not installed"),
-    ("flash", {}, "flash needs CUDA tensors"),
-])
+@pytest.mark.parametrize(
+    "backend,kwargs,reason",
+    [
+        ("triton", dict(D=48), "head dim 48"),
+        ("triton", dict(dtype=torch.float64), "float64 is not supported"),
+        ("xformers", {}, "xformers is not installed"),
+        ("flash", {}, "flash needs CUDA tensors"),
+    ],
+)
 def test_explicit_backend_raises_with_its_reason(backend, kwargs, reason):
     with pytest.raises(BackendUnavailableError, match=reason):
         ops.attention(*_qkv(**kwargs).values(), backend=backend)
@@ -67,8 +70,12 @@ def test_auto_never_picks_the_triton_interpreter():
     assert dispatch.resolve("reward_head", motion=m, text=m).backend == "math"
     x = torch.randn(3, 4)
     a = torch.rand(3)
-    assert dispatch.resolve("guided_step", model_cond=x, model_uncond=x, sample=x, alpha_prod_t=a,
-                            alpha_prod_t_prev=a).backend == "math"
+    assert (
+        dispatch.resolve(
+            "guided_step", model_cond=x, model_uncond=x, sample=x, alpha_prod_t=a, alpha_prod_t_prev=a
+        ).backend
+        == "math"
+    )
 
 
 def test_auto_logs_why_it_skips_a_backend_once(caplog, monkeypatch):
@@ -111,14 +118,15 @@ def _per_sample_varlen(qp, kp, vp, layout):
     """What flash_attn_varlen_func / a BlockDiagonalMask compute, sample by sample, in PyTorch."""
     outs, q0, k0 = [], 0, 0
     for nq, nk in zip(layout.q_seqlens, layout.kv_seqlens):
-        q, k, v = (t.transpose(0, 1)[None] for t in (qp[q0:q0 + nq], kp[k0:k0 + nk], vp[k0:k0 + nk]))
+        q, k, v = (t.transpose(0, 1)[None] for t in (qp[q0 : q0 + nq], kp[k0 : k0 + nk], vp[k0 : k0 + nk]))
         outs.append(ops.attention_ref(q, k, v)[0].transpose(0, 1))
         q0, k0 = q0 + nq, k0 + nk
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("q_lengths,kv_lengths",
-                         [([7, 3, 0, 5], [9, 1, 4, 0]), (None, [9, 2, 9, 5]), (None, None)])
+@pytest.mark.parametrize(
+    "q_lengths,kv_lengths", [([7, 3, 0, 5], [9, 1, 4, 0]), (None, [9, 2, 9, 5]), (None, None)]
+)
 def test_packed_attention_matches_padded_reference(q_lengths, kv_lengths):
     B, H, Tq, Tk, D = 4, 2, 7, 9, 8
     q = torch.randn(B, H, Tq, D, dtype=torch.float64, requires_grad=True)
@@ -152,3 +160,56 @@ def test_lengths_range_is_checked_again_after_an_in_place_change():
     ops.attention(q, k, v, q_lengths=full, backend="math")
     with pytest.raises(ConfigError, match=r"q_lengths must lie in \[0, 4\]"):  # checked against the new T
         ops.attention(q[:, :, :4], k, v, q_lengths=full, backend="math")
+
+
+def test_resolution_is_memoised_per_signature(monkeypatch):
+    calls = []
+
+    def reasons(**inputs):
+        calls.append(inputs["x"].shape)
+        return []
+
+    dispatch.register("probe_op", "math", lambda x: x, reasons)
+    x = torch.randn(2, 3)
+    for _ in range(5):
+        assert dispatch.resolve("probe_op", x=x).backend == "math"
+    assert len(calls) == 1  # the reasons ran once for the signature
+    dispatch.resolve("probe_op", x=torch.randn(2, 4))  # another shape: another signature
+    dispatch.resolve("probe_op", x=torch.randn(2, 3, requires_grad=True))  # requires_grad differs
+    dispatch.resolve("probe_op", x=torch.randn(2, 3, dtype=torch.float64))  # dtype differs
+    assert len(calls) == 4
+    validated = []
+    for _ in range(3):
+        dispatch.resolve("probe_op", None, lambda **kw: validated.append(1), x=torch.randn(5))
+    assert validated == [1]  # validation: once per signature too
+    counts = dispatch.call_counts(reset=True)
+    assert counts["probe_op"]["math"] == 11
+    assert dispatch.call_counts() == {}
+
+
+def test_declared_capabilities_are_checked_by_one_function():
+    caps = dispatch.Capabilities(
+        devices=("cuda",), dtypes=(torch.float16,), head_dims=(64,), grad=False, dropout=False
+    )
+    q = torch.randn(1, 1, 4, 48, requires_grad=True)
+    text = " | ".join(
+        dispatch.capability_reasons("attention", "mine", caps, {"q": q, "k": q, "v": q, "dropout_p": 0.1})
+    )
+    for expected in (
+        "mine needs CUDA tensors (q on cpu",
+        "dtype float32 is not supported (float16)",
+        "head dim 48 is not supported",
+        "q, k, v require grad",
+        "dropout_p=0.1",
+    ):
+        assert expected in text, (expected, text)
+    with torch.no_grad():  # forward-only kernels are fine without grad mode
+        assert "require grad" not in " ".join(
+            dispatch.capability_reasons("attention", "mine", caps, {"q": q})
+        )
+    assert (
+        dispatch.capability_reasons("attention", "any", dispatch.Capabilities(), {"q": q, "k": q, "v": q})
+        == []
+    )
+    mixed = {"q": torch.randn(1, 1, 4, 64, dtype=torch.float16), "k": torch.randn(1, 1, 4, 64), "v": q}
+    assert any("mix dtypes" in r for r in dispatch.capability_reasons("attention", "mine", caps, mixed))

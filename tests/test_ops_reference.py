@@ -58,3 +58,27 @@ def test_attention_rejects_bad_lengths():
 def test_reward_head_matches_cosine_similarity():
     m, t = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
     torch.testing.assert_close(ops.reward_head(m, t), torch.nn.functional.cosine_similarity(m, t))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_guided_step_math_backend_is_the_reference_bit_for_bit_at_eta_0(dtype, prediction_type):
+    """The math backend skips the variance term when eta == 0 (it is exactly zero there); same bits."""
+    import sys
+
+    step = sys.modules["easytune.ops.guided_step"]
+    g = torch.Generator().manual_seed(1)
+    x, c, u = (torch.randn(4, 6, 5, generator=g).to(dtype) for _ in range(3))
+    a = torch.rand(4, generator=g) * 0.9 + 0.05
+    a_prev = a + (1 - a) * torch.rand(4, generator=g)
+    a_prev[0] = 1.0  # the last step of set_alpha_to_one schedules
+    for uncond in (u, None):
+        ref = step.guided_step_ref(c, uncond, x, a, a_prev, 7.5, prediction_type)
+        out = ops.guided_step(c, uncond, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type,
+                              backend="math")
+        assert all(torch.equal(r, o) for r, o in zip(ref, out))
+    noise = torch.randn(4, 6, 5, generator=g).to(dtype)  # eta > 0 takes the reference path itself
+    ref = step.guided_step_ref(c, u, x, a, a_prev, 7.5, prediction_type, 0.5, noise)
+    out = ops.guided_step(c, u, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type, eta=0.5,
+                          noise=noise, backend="math")
+    assert all(torch.equal(r, o) for r, o in zip(ref, out))
