@@ -12,6 +12,9 @@ import sys
 from typing import Any
 
 from easytune.cli._common import DEVICE_HELP
+from easytune.training.finetune_config import COMPILE_MODES, PRECISIONS
+
+COMPILE_CHOICES = tuple(m for m in COMPILE_MODES if m)
 
 METHOD_DEFAULT_CASES = (
     "easytune-1,easytune-10,easytune-50,draft-1,draft-5,draft-10,draft-25,draft-50,refl-10,drtune,alignprop"
@@ -72,13 +75,13 @@ def register(subparsers: Any) -> None:
     )
     m.add_argument(
         "--precision",
-        choices=("fp32", "tf32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 | tf32 (TF32 matmuls, CUDA) | bf16 (autocast of denoiser, VAE, reward model)",
     )
     m.add_argument(
         "--compile",
-        choices=("default", "reduce-overhead"),
+        choices=COMPILE_CHOICES,
         default=None,
         help="torch.compile the denoiser (compile time goes to the row's warmup_seconds)",
     )
@@ -95,7 +98,7 @@ def register(subparsers: Any) -> None:
     o.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling pass")
     o.add_argument(
         "--compile",
-        choices=("default", "reduce-overhead"),
+        choices=COMPILE_CHOICES,
         default=None,
         help="also time the sampling pass with the denoiser compiled in this mode",
     )

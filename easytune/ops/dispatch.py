@@ -227,18 +227,19 @@ def requested_backend(op: str, backend: str | None) -> str:
 
 _PLAIN = (bool, int, float, str, type(None))
 _Tensor = torch.Tensor
+_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
 
 
 def _signature(op: str, backend: str | None, inputs: dict[str, Any]) -> tuple:
     """What the choice depends on: the op, the backend argument, the environment variables, grad mode, TF32,
     the input names, and per input its device, dtype, shape and requires_grad (tensors) or value."""
-    env = _ENV_STATE.get(op) or _env_values(op)
-    key: list[Any] = [op, backend, env, torch.is_grad_enabled(), _ALLOW_TF32(), tuple(inputs)]
-    for value in inputs.values():
+    key: list[Any] = [op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32()]
+    for name, value in inputs.items():
         if isinstance(value, _Tensor):
-            key += (value.device, value.dtype, value.shape, value.requires_grad)
+            key += (name, value.device, value.dtype, value.shape, value.requires_grad)
         else:
-            key.append(value if isinstance(value, _PLAIN) else type(value))
+            key += (name, value if isinstance(value, _PLAIN) else type(value))
     return tuple(key)
 
 
@@ -253,7 +254,13 @@ def resolve(
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
     """
-    index = _choose(op, backend, validate, **inputs)
+    if _compiling():  # traced once: the choice becomes a constant of the graph
+        index = _choose(op, backend, validate, **inputs)
+    else:  # eager: one signature and one dictionary lookup
+        key = _signature(op, backend, inputs)
+        index = _CACHE.get(key)
+        if index is None:
+            index = _fill(key, op, backend, validate, inputs)
     _COUNTS[index] += 1
     return _IMPLS[index]
 
@@ -262,12 +269,18 @@ def resolve(
 def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, **inputs: Any) -> int:
     key = _signature(op, backend, inputs)
     index = _CACHE.get(key)
-    if index is None:
-        choice = requested_backend(op, backend)
-        if validate is not None:
-            validate(**inputs)
-        impl = _evaluate(op, choice, inputs)
-        index = _CACHE[key] = next(i for i, known in enumerate(_IMPLS) if known is impl)
+    return _fill(key, op, backend, validate, inputs) if index is None else index
+
+
+def _fill(
+    key: tuple, op: str, backend: str | None, validate: Callable[..., None] | None, inputs: dict[str, Any]
+) -> int:
+    """The first call of a signature: validate, evaluate the reasons, remember the choice."""
+    choice = requested_backend(op, backend)
+    if validate is not None:
+        validate(**inputs)
+    impl = _evaluate(op, choice, inputs)
+    index = _CACHE[key] = next(i for i, known in enumerate(_IMPLS) if known is impl)
     return index
 
 
