@@ -437,6 +437,17 @@ def measure_method_case(
     return row
 
 
+def _release_previous_case() -> None:
+    """In-process cases: drop what an earlier case left behind (compiled graphs and their CUDA-graph memory
+    pools, cached blocks), so this case's peak starts from its own models."""
+    import gc
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class _Null:
     def __enter__(self) -> _Null:
         return self
@@ -492,11 +503,11 @@ def run_methods(
             case_id += f"/compile-{compile}"
         log(f"[bench methods] {case_id} ...")
         try:
-            row = (
-                run_isolated("easytune.bench.methods:measure_method_case", spec)
-                if isolate
-                else measure_method_case(**spec)
-            )
+            if isolate:
+                row = run_isolated("easytune.bench.methods:measure_method_case", spec)
+            else:
+                _release_previous_case()
+                row = measure_method_case(**spec)
         except (BenchCaseError, ConfigError) as err:
             log(f"[bench methods] {case_id} failed: {err}")
             rows.append(
