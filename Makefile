@@ -25,9 +25,9 @@ cuda-build:
 		cmake -S . -B build/csrc -DEASYTUNE_WERROR=ON >/dev/null && cmake --build build/csrc -j $(JOBS); \
 	else echo "nvcc or cmake not found: skipping the csrc/ compile check"; fi
 
-test: setup cuda-build
+# The gpu-check dry run comes first so that pytest's summary is the last line CI prints.
+test: setup cuda-build gpu-check-dry
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=$(JOBS) $(VENV)/bin/pytest -q tests
-	$(MAKE) gpu-check-dry
 
 # Every GPU test and benchmark in one unattended pass on a bare GPU machine (no install: runs from this
 # tree with the machine's python; ~8 min). Results in $$OUT (or gpu-check-out/). See docs/bench.md.

@@ -23,6 +23,10 @@ class NonFiniteLossError(EasytuneError, FloatingPointError):
     """A loss or gradient became NaN or inf; training stops instead of stepping on it."""
 
 
+class NonFiniteError(NonFiniteLossError):
+    """A weight became NaN or inf after an update; the message names the tensor, the update and the cause."""
+
+
 class BackendUnavailableError(EasytuneError, RuntimeError):
     """An explicitly requested kernel backend cannot run these inputs; the message lists why."""
 

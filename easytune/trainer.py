@@ -15,6 +15,7 @@ is the method's ``StepPlan`` list (see ``easytune.methods``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from easytune.diffusion import DDIMScheduler, GuidedStep
-from easytune.errors import ConfigError, NonFiniteLossError
+from easytune.errors import ConfigError, NonFiniteError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
 from easytune.train_utils import check_finite
 
@@ -205,6 +206,7 @@ class Trainer:
         losses: list[torch.Tensor] = []
         norms: list[torch.Tensor] = []
         finite: list[torch.Tensor] = []
+        weights_ok: list[torch.Tensor] = []
         update_steps: list[int] = []
         chain_end = None
         for plan in plans:
@@ -224,22 +226,28 @@ class Trainer:
                 rewards.append(reward.detach().mean())
                 losses.append(loss.detach())
                 if plan.update:
-                    norm, ok = self._update(policy, losses[-1])
+                    norm, ok, w_ok = self._update(policy, losses[-1])
                     norms.append(norm)
                     finite.append(ok)
+                    weights_ok.append(w_ok)
                     update_steps.append(plan.index)
                 x_prev = x_prev.detach()
             x = x_prev
         if policy is not None:
             _swap_data(self._params, policy)  # theta <- theta' (the policy copy that received the updates)
-        values = self._read([*rewards, *losses, *norms, *finite])
+        values = self._read([*rewards, *losses, *norms, *finite, *weights_ok])
         n_r, n_u = len(rewards), len(norms)
-        reward_v, loss_v, norm_v, ok_v = (
+        reward_v, loss_v, norm_v, ok_v, w_ok_v = (
             values[:n_r],
             values[n_r : 2 * n_r],
             values[2 * n_r : 2 * n_r + n_u],
-            values[2 * n_r + n_u :],
+            values[2 * n_r + n_u : 2 * n_r + 2 * n_u],
+            values[2 * n_r + 2 * n_u :],
         )
+        first_bad_weights = w_ok_v.index(0.0) if not all(w_ok_v) else n_u
+        if first_bad_weights < n_u and (all(ok_v) or first_bad_weights <= ok_v.index(0.0)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._non_finite_weights(self.num_updates - n_u + first_bad_weights)
         if not all(ok_v):
             self.optimizer.zero_grad(set_to_none=True)
             bad = ok_v.index(0.0)
@@ -319,6 +327,29 @@ class Trainer:
         return (
             f"Trainer: the loss of {where} has no graph although the reward target does: reward_fn and "
             "decode_fn must be differentiable (no .detach() / torch.no_grad() / .item() inside)"
+        )
+
+    def _non_finite_weights(self, update: int) -> NonFiniteError:
+        """The error for weights that went NaN / inf at ``update``: which tensor, and the likely cause."""
+        names = {}
+        owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)
+        for module in (owner, getattr(owner, "gen", None) and owner.gen.trainable):
+            if isinstance(module, torch.nn.Module):
+                names.update({id(p): n for n, p in module.named_parameters()})
+        bad = next(
+            (i, p) for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all())
+        )
+        name = names.get(id(bad[1]), f"parameter #{bad[0]} of the optimizer, shape {tuple(bad[1].shape)}")
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        causes = []
+        if any(not math.isfinite(float(lr)) or float(lr) > 1.0 for lr in lrs):
+            causes.append(f"the learning rate {lrs} is not finite or absurdly large")
+        for label, value in (("guidance_scale", self.guidance_scale), ("reward_weight", self.reward_weight)):
+            if not math.isfinite(value) or abs(value) > 1e6:
+                causes.append(f"{label}={value}")
+        cause = "; ".join(causes) or "an unstable update (lower the learning rate, clip the gradients)"
+        return NonFiniteError(
+            f"weight {name} is not finite after update {update}; training stopped. Likely cause: {cause}"
         )
 
     def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
@@ -425,8 +456,14 @@ class Trainer:
                 del self.optimizer.grad_scale, self.optimizer.found_inf
             if policy is not None:
                 _swap_data(self._params, policy)
+        # One fused finiteness reduction over the updated weights (read with the trajectory's statistics;
+        # at once on the synchronous path)
+        with torch.no_grad():
+            weights_ok = torch.isfinite(torch.stack(torch._foreach_norm(self._params))).all()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
-        return norm.detach(), ok
+        if not self._sync_free and not bool(weights_ok):
+            raise self._non_finite_weights(self.num_updates - 1)
+        return norm.detach(), ok, weights_ok

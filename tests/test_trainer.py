@@ -611,3 +611,17 @@ def test_cuda_peak_memory_reported_and_flat_in_k():
     one, eight = peak(et.methods.EasyTune(k=1)), peak(et.methods.EasyTune(k=8))
     assert eight <= one * 1.05 + 1e-3
     assert peak(et.methods.DRaFT(k=8)) > 2 * eight
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_weights_after_an_update_stop_training_and_name_the_tensor(fused):
+    """lr=inf: the gradients are finite, the weights after the step are not (the issue's probe)."""
+    model, sched, batch = make_setup()
+    model = model.float()
+    batch = {k: None if v is None else v.float() for k, v in batch.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=float("inf"), fused=fused or None)
+    trainer = et.Trainer(model, sched, reward_fn, method=et.methods.EasyTune(k=2), optimizer=opt)
+    assert trainer._sync_free is fused
+    with pytest.raises(et.errors.NonFiniteError, match=r"weight net\.0\.weight is not finite after update 0.*"
+                       r"learning rate \[inf\]"):
+        trainer.step(batch)
