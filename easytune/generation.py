@@ -197,6 +197,9 @@ def load_generator(
             "(train the denoiser with `easytune pretrain mld --vae ...`)"
         )
     model = (MLD if kind == "mld" else MDM).from_checkpoint(path, use_ema=use_ema).to(device).eval()
+    for name, tensor in model.state_dict().items():  # a NaN weight would sample NaN motions
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or inf values; the model cannot sample")
     text_dim = model.denoiser.config.text_dim if kind == "mld" else model.config.text_dim
     spec = text_encoder or config.get("text_encoder")
     if spec is None:

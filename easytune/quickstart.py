@@ -161,7 +161,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
             method=method, method_options={"k": cfg.k}, base=ckpts["mld_tiny"], reward=ckpts["reward"],
             data=str(data), out=str(out / method), steps=10**6, batch_size=cfg.batch_size, lr=cfg.lr,
             warmup=cfg.warmup, num_inference_steps=cfg.inference_steps, ckpt_every=0,
-            time_budget=cfg.budget_s, seed=cfg.seed, device="cpu", progress=False,
+            time_budget=cfg.budget_s, seed=cfg.seed, device="cpu", progress=False, overwrite=True,
         )
         run = Run(ft)
         history = run.train()

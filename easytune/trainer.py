@@ -156,6 +156,16 @@ class Trainer:
         self._params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         if not self._params:
             raise ConfigError("Trainer: the optimizer has no parameter that requires grad")
+        if isinstance(denoise_fn, torch.nn.Module):  # its other trainable weights would pile up gradients
+            held = {id(p) for p in self._params}
+            stray = [n for n, p in denoise_fn.named_parameters() if p.requires_grad and id(p) not in held]
+            if stray:
+                raise ConfigError(
+                    f"Trainer: denoise_fn has parameters that require grad but are not in the optimizer "
+                    f"(their gradients would accumulate unbounded): {stray[:6]}"
+                    f"{' ...' if len(stray) > 6 else ''}; add them to the optimizer or call "
+                    "requires_grad_(False) on them"
+                )
         # An optimizer that takes GradScaler's on-device skip (fused Adam / AdamW / SGD) lets the NaN guard
         # run without host syncs; others are guarded by reading the loss and norm at every update.
         self._sync_free = bool(getattr(optimizer, "_step_supports_amp_scaling", False))

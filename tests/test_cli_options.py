@@ -94,3 +94,52 @@ def test_sample_length_is_reported_in_frames(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "length 250 frames" in err and "196 frames at most" in err and "tokens" not in err
     assert not (tmp_path / "m.npy").exists()
+
+
+def test_sampling_refuses_non_finite_options_and_weights(tmp_path, capsys):
+    out = tmp_path / "m.npy"
+    code = main(
+        [
+            "sample",
+            "--ckpt",
+            "default",
+            "--text",
+            "a person walks",
+            "--guidance",
+            "nan",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2 and "--guidance must be a finite number" in capsys.readouterr().err and not out.exists()
+
+    from easytune.checkpoint import ASSETS, load_checkpoint, save_atomic
+
+    ckpt = load_checkpoint(ASSETS / "mld_tiny.pt")
+    name = next(
+        k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and k.startswith("denoiser.")
+    )
+    ckpt["state_dict"][name] = ckpt["state_dict"][name].clone()
+    ckpt["state_dict"][name].view(-1)[0] = float("nan")
+    save_atomic(ckpt, tmp_path / "nan.pt")
+    code = main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "nan.pt"),
+            "--text",
+            "a person walks",
+            "--steps",
+            "2",
+            "--length",
+            "8",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"weight {name} holds NaN or inf" in err and not out.exists()

@@ -34,23 +34,45 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     preset = get_preset("tiny")
     preset["text_encoder"] = TEXT
     preset["vae"].update(latent_dim=16, ff_size=32, num_layers=1, num_heads=2)
-    preset["denoiser"].update(latent_dim=16, hidden_dim=16, time_dim=16, ff_size=32, num_layers=1,
-                              num_heads=2)
+    preset["denoiser"].update(
+        latent_dim=16, hidden_dim=16, time_dim=16, ff_size=32, num_layers=1, num_heads=2
+    )
     config = model_config(preset, text_dim=16)
     model = build_model(config)
     mean, std = load_mean_std(data)
-    save_atomic({"state_dict": model.state_dict(), "config": config,
-                 "meta": {"mean": mean.tolist(), "std": std.tolist(), "data": str(data)}}, root / "mld.pt")
-    reward = build_reward_model("tiny", text_encoder=build_text_encoder(TEXT), latent_dim=16, ff_size=32,
-                                num_layers=1, num_heads=2)
+    save_atomic(
+        {
+            "state_dict": model.state_dict(),
+            "config": config,
+            "meta": {"mean": mean.tolist(), "std": std.tolist(), "data": str(data)},
+        },
+        root / "mld.pt",
+    )
+    reward = build_reward_model(
+        "tiny", text_encoder=build_text_encoder(TEXT), latent_dim=16, ff_size=32, num_layers=1, num_heads=2
+    )
     reward.save(root / "reward.pt")
     return {"data": data, "base": root / "mld.pt", "reward": root / "reward.pt", "root": root}
 
 
 def _config(assets, out: Path, **kw) -> FinetuneConfig:
-    base = dict(method="easytune", method_options={"k": 2}, base=str(assets["base"]),
-                reward=str(assets["reward"]), data=str(assets["data"]), out=str(out), steps=4, batch_size=2,
-                lr=1e-3, warmup=1, num_inference_steps=4, ckpt_every=1, seed=3, device="cpu", progress=False)
+    base = dict(
+        method="easytune",
+        method_options={"k": 2},
+        base=str(assets["base"]),
+        reward=str(assets["reward"]),
+        data=str(assets["data"]),
+        out=str(out),
+        steps=4,
+        batch_size=2,
+        lr=1e-3,
+        warmup=1,
+        num_inference_steps=4,
+        ckpt_every=1,
+        seed=3,
+        device="cpu",
+        progress=False,
+    )
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -64,6 +86,7 @@ def test_build_method_rejects_unknown_name():
 def test_resume_reproduces_the_loss_curve_and_export_loads(assets, tmp_path):
     full = Run(_config(assets, tmp_path / "full")).train()
     assert len(full) == 4 and all(row["updates"] == 2 for row in full)
+
     class Crash(Exception):
         pass
 
@@ -91,16 +114,41 @@ def test_export_cli_can_leave_out_the_dataset_path(assets, tmp_path):
     from easytune.cli import main
 
     assert main(["export", str(assets["base"]), "--out", str(tmp_path / "kept.pt")]) == 0
-    assert main(["export", str(assets["base"]), "--out", str(tmp_path / "shipped.pt"), "--no-data-path",
-                 "--source", "unit test"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(assets["base"]),
+                "--out",
+                str(tmp_path / "shipped.pt"),
+                "--no-data-path",
+                "--source",
+                "unit test",
+            ]
+        )
+        == 0
+    )
     kept = torch.load(tmp_path / "kept.pt", weights_only=True)["meta"]
     shipped = torch.load(tmp_path / "shipped.pt", weights_only=True)["meta"]
     assert kept["data"] == str(assets["data"])
     assert "data" not in shipped and shipped["source"] == "unit test"
     assert shipped["mean"] == kept["mean"] and shipped["std"] == kept["std"]
     assert load_generator(tmp_path / "shipped.pt").data_dir is None
-    assert main(["export", str(assets["base"]), "--out", str(tmp_path / "small.pt"), "--max-frames", "60",
-                 "--max-text-tokens", "1"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(assets["base"]),
+                "--out",
+                str(tmp_path / "small.pt"),
+                "--max-frames",
+                "60",
+                "--max-text-tokens",
+                "1",
+            ]
+        )
+        == 0
+    )
     small = torch.load(tmp_path / "small.pt", weights_only=True)
     vae_rows = 60 + 2 * small["config"]["vae"]["latent_size"]
     assert small["config"]["vae"]["max_len"] == vae_rows
@@ -145,12 +193,44 @@ def test_lora_and_regularisation_train_only_adapters(assets, tmp_path):
 
 
 def _torchrun(assets, out, steps, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "easytune.cli", "finetune", "--method", "easytune", "--k", "2",
-           "--base", str(assets["base"]),
-           "--reward", str(assets["reward"]), "--data", str(assets["data"]), "--out", str(out),
-           "--steps", str(steps), "--batch-size", "2", "--inference-steps", "4", "--lr", "1e-3",
-           "--warmup", "1", "--device", "cpu", "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "easytune.cli",
+        "finetune",
+        "--method",
+        "easytune",
+        "--k",
+        "2",
+        "--base",
+        str(assets["base"]),
+        "--reward",
+        str(assets["reward"]),
+        "--data",
+        str(assets["data"]),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "2",
+        "--inference-steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,12 +270,21 @@ def test_check_in_sync_detects_divergence(monkeypatch):
 def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(assets, tmp_path, lora_rank):
     """The embedded tiny MLD and SPL reward model: at every update only the trainable parameters (the
     denoiser, or its LoRA adapters) hold gradients, and the VAE and reward model stay bit-identical."""
-    cfg = _config(assets, tmp_path, base="default", reward="default", steps=2, num_inference_steps=5,
-                  lora_rank=lora_rank)
+    cfg = _config(
+        assets,
+        tmp_path,
+        base="default",
+        reward="default",
+        steps=2,
+        num_inference_steps=5,
+        lora_rank=lora_rank,
+    )
     run = Run(cfg)
     vae, reward = run.gen.model.vae, run.reward_model
-    frozen_before = {**{f"vae.{k}": v.clone() for k, v in vae.state_dict().items()},
-                     **{f"reward.{k}": v.clone() for k, v in reward.state_dict().items()}}
+    frozen_before = {
+        **{f"vae.{k}": v.clone() for k, v in vae.state_dict().items()},
+        **{f"reward.{k}": v.clone() for k, v in reward.state_dict().items()},
+    }
     trained = {id(p) for p in run.optimizer.param_groups[0]["params"]}
     assert not any(p.requires_grad for p in [*vae.parameters(), *reward.parameters()])
     assert not vae.training and not reward.training
@@ -204,8 +293,9 @@ def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(asse
     checked = []
 
     def check(grads):  # at each update, after the backward
-        holders = [(n, p) for m in (run.gen.model, reward) for n, p in m.named_parameters()
-                   if p.grad is not None]
+        holders = [
+            (n, p) for m in (run.gen.model, reward) for n, p in m.named_parameters() if p.grad is not None
+        ]
         stray = [n for n, p in holders if id(p) not in trained]
         assert holders and not stray, stray
         checked.append(len(grads))
@@ -213,8 +303,10 @@ def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(asse
     run.trainer.grad_reducer = check
     history = run.train()
     assert len(checked) == sum(int(r["updates"]) for r in history) == 4  # EasyTune k=2, 2 trajectories
-    after = {**{f"vae.{k}": v for k, v in vae.state_dict().items()},
-             **{f"reward.{k}": v for k, v in reward.state_dict().items()}}
+    after = {
+        **{f"vae.{k}": v for k, v in vae.state_dict().items()},
+        **{f"reward.{k}": v for k, v in reward.state_dict().items()},
+    }
     assert all(torch.equal(frozen_before[k], after[k]) for k in frozen_before)
     assert all(p.grad is None for p in [*vae.parameters(), *reward.parameters()])
 
@@ -247,8 +339,21 @@ def test_an_option_the_method_does_not_take_is_refused_by_name(assets, tmp_path,
         FinetuneConfig(method="draft", method_options={"weighting": "early"}).validate()
     with pytest.raises(ConfigError, match="--k does not apply to --method refl"):
         build_method("refl", k=3)
-    code = main(["finetune", "--method", "draft", "--weighting", "early", "--out", str(tmp_path / "x"),
-                 "--data", str(assets["data"]), "--device", "cpu"])
+    code = main(
+        [
+            "finetune",
+            "--method",
+            "draft",
+            "--weighting",
+            "early",
+            "--out",
+            str(tmp_path / "x"),
+            "--data",
+            str(assets["data"]),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--weighting does not apply to --method draft" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
@@ -260,7 +365,7 @@ def test_only_rank_zero_writes_run_files(assets, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "written": "by rank 0"}\n')
-    run = Run(_config(assets, out, steps=1, ckpt_every=0))
+    run = Run(_config(assets, out, steps=1, ckpt_every=0, overwrite=True))
     run.info = DistInfo(rank=1, world_size=1, local_rank=1, device=torch.device("cpu"))
     run.train()
     assert (out / "metrics.jsonl").read_text() == '{"step": 1, "written": "by rank 0"}\n'
@@ -278,3 +383,93 @@ def test_the_light_config_module_agrees_with_the_trainer_and_the_objective():
         FinetuneConfig(precision="fp8").validate()
     with pytest.raises(ConfigError, match="--compile"):
         FinetuneConfig(compile="max").validate()
+
+
+# ---------------------------------------------------- issue 18: runs are never silently changed
+def test_a_previous_run_is_never_overwritten_without_overwrite(assets, tmp_path):
+    Run(_config(assets, tmp_path, steps=2)).train()
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(
+        ConfigError, match=r"holds a previous run \(last.pt, metrics.jsonl\).*--resume.*--overwrite"
+    ):
+        Run(_config(assets, tmp_path, steps=1))
+    assert (tmp_path / "metrics.jsonl").read_text() == lines  # untouched
+    Run(_config(assets, tmp_path, steps=1, overwrite=True)).train()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(ConfigError, match="is a file"):
+        Run(_config(assets, tmp_path / "metrics.jsonl", steps=1))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Run(_config(assets, tmp_path / "new", steps=1, resume=True))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 2e-3},
+        {"num_inference_steps": 3},
+        {"guidance_scale": 2.0},
+        {"reward_weight": 0.5},
+        {"ema": 0.9},
+        {"warmup": 3},
+    ],
+)
+def test_resume_refuses_a_changed_option_by_name_unless_allowed(assets, tmp_path, change):
+    Run(_config(assets, tmp_path, steps=1)).train()
+    ((key, value),) = change.items()
+    flag = {"num_inference_steps": "--inference-steps", "guidance_scale": "--guidance"}.get(
+        key, "--" + key.replace("_", "-")
+    )
+    with pytest.raises(ConfigError, match=f"was run with {flag} .*--allow-changed {flag}"):
+        Run(_config(assets, tmp_path, steps=2, resume=True, **change))
+    run = Run(_config(assets, tmp_path, steps=2, resume=True, allow_changed=(flag,), **change))
+    assert run.step == 1
+
+
+def test_stale_temporary_files_of_killed_saves_are_removed(assets, tmp_path):
+    Run(_config(assets, tmp_path, steps=1)).train()
+    stale = tmp_path / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"partial")
+    Run(_config(assets, tmp_path, steps=2, resume=True))
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("max_grad_norm", float("nan"), "--max-grad-norm must be a finite number"),
+        ("reg_weight", float("nan"), "--reg-weight must be a finite number in \\[0, inf\\)"),
+        ("time_budget", float("nan"), "--time-budget"),
+        ("lora_rank", 0, "--lora-rank must be an integer >= 1"),
+        ("warmup", -10, "--warmup must be >= 0"),
+        ("ckpt_every", -1, "--ckpt-every must be an integer >= 0"),
+        ("ema", float("nan"), "--ema must be a finite number in \\(0, 1\\)"),
+        ("ema", 2.0, "--ema"),
+        ("lr", float("nan"), "--lr must be a finite number > 0"),
+        ("lr", -1.0, "--lr"),
+        ("guidance_scale", float("inf"), "--guidance"),
+        ("reward_weight", float("nan"), "--reward-weight"),
+        ("allow_changed", ("--steps",), "--allow-changed: \\['--steps'\\] are not options a resume compares"),
+    ],
+)
+def test_odd_option_values_are_refused_with_the_accepted_range(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        FinetuneConfig(**{field: value}).validate()
+
+
+def test_eval_every_without_an_evaluator_is_refused(assets, tmp_path, capsys):
+    from easytune.cli import main
+
+    code = main(
+        [
+            "finetune",
+            "--out",
+            str(tmp_path / "x"),
+            "--data",
+            str(assets["data"]),
+            "--eval-every",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2 and "--eval-every 1 needs --evaluator" in capsys.readouterr().err

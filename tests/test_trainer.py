@@ -625,3 +625,13 @@ def test_non_finite_weights_after_an_update_stop_training_and_name_the_tensor(fu
     with pytest.raises(et.errors.NonFiniteError, match=r"weight net\.0\.weight is not finite after update 0.*"
                        r"learning rate \[inf\]"):
         trainer.step(batch)
+
+
+def test_trainable_weights_outside_the_optimizer_are_refused_by_name():
+    model, sched, batch = make_setup()
+    opt = torch.optim.SGD(model.net[0].parameters(), lr=0.1)  # net.2 would collect gradients forever
+    with pytest.raises(ConfigError, match=r"not in the optimizer.*net\.2\.weight"):
+        et.Trainer(model, sched, reward_fn, method=et.methods.ReFL(m=1), optimizer=opt)
+    model.net[2].requires_grad_(False)
+    et.Trainer(model, sched, reward_fn, method=et.methods.ReFL(m=1), optimizer=opt).step(batch)
+    assert all(p.grad is None for p in model.net[2].parameters())

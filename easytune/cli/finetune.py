@@ -72,6 +72,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in RUN_DIR")
+    p.add_argument("--allow-changed", action="append", default=[], metavar="OPTION",
+                   help="with --resume: let this option differ from the saved run (repeatable; logged)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -86,15 +89,21 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method, method_options={k: v for k, v in options.items() if v is not None},
         base=args.base, reward=args.reward, data=args.data, out=args.out, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
-        max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None, guidance_scale=args.guidance,
+        max_grad_norm=None if args.max_grad_norm <= 0 else args.max_grad_norm,  # nan stays (refused)
+        guidance_scale=args.guidance,
         num_inference_steps=args.inference_steps, reward_weight=args.reward_weight, precision=args.precision,
         compile=args.compile,
         checkpoint_frozen=args.checkpoint_frozen,
         ema=args.ema, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, reg_weight=args.reg_weight,
         eval_every=args.eval_every, ckpt_every=args.ckpt_every, time_budget=args.time_budget, seed=args.seed,
-        device=args.device, resume=args.resume, progress=not args.no_progress,
+        device=args.device, resume=args.resume, overwrite=args.overwrite,
+        allow_changed=tuple(args.allow_changed), progress=not args.no_progress,
     )
     evaluate_fn = None
+    if args.eval_every and not args.evaluator:
+        from easytune.errors import ConfigError
+
+        raise ConfigError(f"--eval-every {args.eval_every} needs --evaluator CKPT (what to evaluate with)")
     if args.evaluator:
         from easytune.training.evaluate import periodic_evaluator
 

@@ -43,12 +43,22 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import math
+
+    from easytune.errors import ConfigError, DataError
     from easytune.generation import load_generator
+
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise ConfigError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.steps < 1 or args.length < 1:
+        raise ConfigError(f"--steps and --length must be >= 1, got {args.steps} and {args.length}")
 
     gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.data, use_ema=not args.no_ema,
                          device=args.device)
     feats = gen.sample([args.text], [args.length], steps=args.steps, guidance_scale=args.guidance,
                        seed=args.seed)[0]
+    if not np.isfinite(feats).all():
+        raise DataError(f"sample: the generated motion holds NaN or inf; nothing written to {args.out}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)

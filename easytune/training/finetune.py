@@ -32,7 +32,14 @@ from easytune.generation import Generator, load_generator
 from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
 from easytune.trainer import Trainer
 from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
-from easytune.training.finetune_config import LR_SCHEDULES, METHOD_NAMES, FinetuneConfig
+from easytune.training.finetune_config import (
+    LR_SCHEDULES,
+    METHOD_NAMES,
+    RESUME_CHECKED,
+    FinetuneConfig,
+    field_of,
+    flag,
+)
 from easytune.training.lora import merge_lora
 from easytune.training.objective import RewardObjective, build_finetuning
 
@@ -47,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("easytune.finetune")
+
+# What a run writes into its directory (a directory holding one of them holds a previous run).
+RUN_FILES = ("last.pt", "model.pt", "metrics.jsonl")
 
 METHODS: dict[str, type[methods.Method]] = dict(
     zip(
@@ -137,6 +147,7 @@ class Run:
         self.cfg = cfg
         self.info = init_distributed(cfg.device)
         self.out = Path(cfg.out)
+        resume_state = self._check_out_dir()  # before any model is built: a refused run costs nothing
         self.evaluate_fn = evaluate_fn
         seed_everything(cfg.seed + self.info.rank)
         self.gen = load_generator(cfg.base, device=self.info.device)
@@ -193,8 +204,8 @@ class Run:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.elapsed = 0.0
-        if cfg.resume:
-            self._load(self.out / "last.pt")
+        if resume_state is not None:
+            self._load(self.out / "last.pt", resume_state)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -211,20 +222,51 @@ class Run:
             "rng": torch.get_rng_state(),
         }
 
-    def _load(self, path: Path) -> None:
+    def _check_out_dir(self) -> dict[str, Any] | None:
+        """The run directory's checks, before anything is built: a previous run is never overwritten
+        without ``--overwrite``; ``--resume`` needs ``last.pt`` and the saved options (every option that
+        changes the run, ``RESUME_CHECKED``) unless allowed by ``--allow-changed``; temporary files of
+        killed saves are removed. Returns the checkpoint to resume from (None: a fresh run)."""
+        cfg, out = self.cfg, self.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a run directory")
+        if self.info.is_main and out.is_dir():
+            for stale in out.glob(".last.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
+                log.info("removed %s (a save killed before it finished)", stale)
+        previous = sorted(p.name for p in (out.iterdir() if out.is_dir() else ()) if p.name in RUN_FILES)
+        if not cfg.resume:
+            if previous and not cfg.overwrite:
+                raise ConfigError(
+                    f"--out {out} holds a previous run ({', '.join(previous)}): pass --resume to continue "
+                    "it, --overwrite to replace it, or another --out"
+                )
+            return None
+        path = out / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} does not exist (nothing to continue in --out {out})")
         state = load_checkpoint(path)
-        saved = state["config"]
+        saved = state.get("config") or {}
         if "lr_schedule" not in saved:
             raise ConfigError(
                 f"--resume: {path} was written by an older easytune whose LR schedule counted optimizer "
                 "updates, not trajectories; it cannot be continued exactly (start a new run)"
             )
-        for key in ("method", "method_options", "base", "reward", "batch_size", "seed", "lora_rank"):
-            if saved.get(key) != getattr(self.cfg, key):
+        allowed = {field_of(o) for o in cfg.allow_changed}
+        for key in RESUME_CHECKED:
+            old, new = saved.get(key), getattr(cfg, key)
+            if old == new or (isinstance(old, list) and tuple(old) == new):
+                continue
+            name = flag(key)
+            if key not in allowed:
                 raise ConfigError(
-                    f"--resume: {path} was run with {key}={saved.get(key)!r}, "
-                    f"this run has {getattr(self.cfg, key)!r}"
+                    f"--resume: {path} was run with {name} {old!r}, this run has {new!r}; resume with the "
+                    f"saved value, or pass --allow-changed {name} to change it knowingly"
                 )
+            log.warning("--resume: %s changed from %r to %r (--allow-changed)", name, old, new)
+        return state
+
+    def _load(self, path: Path, state: dict[str, Any]) -> None:
         self.gen.trainable.load_state_dict(state["denoiser"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
