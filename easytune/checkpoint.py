@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from easytune.errors import CheckpointError, ConfigError
+from easytune.errors import CheckpointError, ConfigError, NonFiniteError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -32,12 +32,56 @@ def resolve_checkpoint(path: str | os.PathLike, asset: str, what: str) -> Path:
     return default
 
 
+def non_finite_entry(obj: Any, where: str = "") -> str | None:
+    """The key path of the first floating tensor in ``obj`` (nested dicts / lists) holding NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        return where if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_entry(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_output_file(
+    path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False, option: str = "--out"
+) -> Path:
+    """Check, before any training step, that a run can write its checkpoint ``path``: not a directory, not
+    an existing file unless ``resume`` (continue it) or ``overwrite`` (replace it), and a folder that can
+    be written (created if missing). Raises ``ConfigError`` naming ``option``; returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; the run writes one checkpoint file")
+    if path.exists() and not resume and not overwrite:
+        raise ConfigError(f"{option} {path} exists: pass --resume to continue it or --overwrite to replace")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash mid-write leaves the previous checkpoint intact. Returns the final path.
+    A crash mid-write leaves the previous checkpoint intact. A checkpoint with a NaN or inf tensor is never
+    written (``NonFiniteError`` naming the tensor; the previous file stays). Returns the final path.
     """
     path = Path(path)
+    bad = non_finite_entry(obj)
+    if bad is not None:
+        raise NonFiniteError(
+            f"{path}: not written: tensor {bad} holds NaN or inf values (the previous file, if any, is kept)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -473,3 +473,23 @@ def test_eval_every_without_an_evaluator_is_refused(assets, tmp_path, capsys):
         ]
     )
     assert code == 2 and "--eval-every 1 needs --evaluator" in capsys.readouterr().err
+
+
+def test_unusable_run_directories_are_refused_before_training(assets, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot write there"):
+        Run(_config(assets, blocker / "run", steps=1))  # under a file
+
+
+def test_a_checkpoint_with_non_finite_tensors_is_never_written(tmp_path):
+    from easytune.checkpoint import save_atomic
+    from easytune.errors import NonFiniteError
+
+    save_atomic({"state_dict": {"w": torch.ones(2)}}, tmp_path / "ok.pt")
+    before = (tmp_path / "ok.pt").read_bytes()
+    with pytest.raises(NonFiniteError, match=r"tensor optimizer\.state\.0\.exp_avg holds NaN or inf"):
+        save_atomic({"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {0: {"exp_avg": torch.tensor(
+            [1.0, float("nan")])}}}}, tmp_path / "ok.pt")
+    assert (tmp_path / "ok.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".ok.pt.*.tmp"))

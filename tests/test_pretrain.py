@@ -24,8 +24,11 @@ CAPTIONS = ["a person walks forward", "someone jumps twice", "a man waves his le
 def data_root(tmp_path_factory) -> Path:
     """A 12-clip HumanML3D-layout dataset with random features (lengths 40..56)."""
     caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(12)]
-    return write_random_motions(tmp_path_factory.mktemp("motions"), [40 + 4 * (i % 5) for i in range(12)],
-                                [(c, f"{c} slowly") for c in caps])
+    return write_random_motions(
+        tmp_path_factory.mktemp("motions"),
+        [40 + 4 * (i % 5) for i in range(12)],
+        [(c, f"{c} slowly") for c in caps],
+    )
 
 
 def _opts(stage: str, data: Path, out: Path, **kw) -> PretrainOptions:
@@ -41,6 +44,7 @@ def _interrupt_at(step: int):
     def callback(s: int, stats: dict) -> None:
         if s == step:
             raise _Stop
+
     return callback
 
 
@@ -65,8 +69,19 @@ def _cli(*argv: str) -> None:
 def vae_ckpt(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vae") / "vae.pt"
     _cli("pretrain", "vae", "--data", str(data_root), "--out", str(out), "--steps", "2", "--batch-size", "4")
-    _cli("pretrain", "vae", "--data", str(data_root), "--out", str(out), "--steps", "3", "--batch-size", "4",
-         "--resume")
+    _cli(
+        "pretrain",
+        "vae",
+        "--data",
+        str(data_root),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--resume",
+    )
     assert load_checkpoint(out)["step"] == 3
     return out
 
@@ -74,8 +89,22 @@ def vae_ckpt(data_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mld_ckpt(data_root, vae_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mld") / "mld.pt"
-    _cli("pretrain", "mld", "--data", str(data_root), "--out", str(out), "--vae", str(vae_ckpt),
-         "--steps", "2", "--batch-size", "4", "--ema", "0.9")
+    _cli(
+        "pretrain",
+        "mld",
+        "--data",
+        str(data_root),
+        "--out",
+        str(out),
+        "--vae",
+        str(vae_ckpt),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--ema",
+        "0.9",
+    )
     return out
 
 
@@ -126,13 +155,30 @@ def test_option_errors(data_root, tmp_path, vae_ckpt):
     with pytest.raises(ConfigError, match="fewer than --batch-size"):
         pretrain(_opts("vae", data_root, tmp_path / "x.pt", batch_size=64))
     with pytest.raises(ConfigError, match="already at step"):
-        pretrain(_opts("vae", data_root, tmp_path / "x.pt", steps=3, resume=vae_ckpt))
+        pretrain(
+            _opts("vae", data_root, tmp_path / "x.pt", steps=3, resume=vae_ckpt, warmup=None, batch_size=None)
+        )
 
 
 def test_sample_cli_writes_denormalised_features_and_render(mld_ckpt, tmp_path, capsys):
     out, png = tmp_path / "x.npy", tmp_path / "x.png"
-    _cli("sample", "--ckpt", str(mld_ckpt), "--text", "a person jumps twice", "--length", "44",
-         "--out", str(out), "--steps", "5", "--seed", "3", "--render", str(png))
+    _cli(
+        "sample",
+        "--ckpt",
+        str(mld_ckpt),
+        "--text",
+        "a person jumps twice",
+        "--length",
+        "44",
+        "--out",
+        str(out),
+        "--steps",
+        "5",
+        "--seed",
+        "3",
+        "--render",
+        str(png),
+    )
     feats = np.load(out)
     assert feats.shape == (44, 263) and feats.dtype == np.float32 and np.isfinite(feats).all()
     assert png.stat().st_size > 0
@@ -149,3 +195,19 @@ def test_sample_errors(vae_ckpt, mld_ckpt, tmp_path):
         load_generator(vae_ckpt)
     with pytest.raises(ConfigError, match="gives 256-d sentences"):
         load_generator(mld_ckpt, text_encoder="builtin")
+
+
+def test_unsafe_outputs_and_silent_option_changes_are_refused(data_root, tmp_path, vae_ckpt):
+    with pytest.raises(ConfigError, match="--lr must be a finite number > 0, got inf"):
+        pretrain(_opts("vae", data_root, tmp_path / "x.pt", lr=float("inf")))
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(vae_ckpt.read_bytes())
+    with pytest.raises(ConfigError, match="exists: pass --resume to continue it or --overwrite to replace"):
+        pretrain(_opts("vae", data_root, existing))
+    assert existing.read_bytes() == vae_ckpt.read_bytes()
+    with pytest.raises(ConfigError, match="is a directory"):
+        pretrain(_opts("vae", data_root, tmp_path))
+    with pytest.raises(ConfigError, match="cannot write there"):
+        pretrain(_opts("vae", data_root, existing / "under-a-file.pt"))
+    with pytest.raises(ConfigError, match=r"was trained with --lr .*asks for 0.1"):
+        pretrain(_opts("vae", data_root, existing, steps=9, lr=0.1, resume=existing))

@@ -267,3 +267,18 @@ def test_text_encoder_spec_option_builds_that_encoder(tmp_path, data_dir):
     assert main(["evaluator", "train", *[a if a != str(out) else str(tmp_path / "e.pt") for a in args]]) == 0
     config = torch.load(tmp_path / "e.pt", weights_only=True)["config"]
     assert (config["text_encoder"], config["text_dim"]) == (build_text_encoder(spec).spec, 24)
+
+
+def test_reward_and_evaluator_training_refuse_unsafe_outputs_before_training(tmp_path, data_dir, capsys):
+    common = ["--data", str(data_dir), "--batch-size", "6", "--steps", "1"]
+    existing = tmp_path / "r.pt"
+    existing.write_bytes(b"a previous model")
+    for command in (["reward", "train"], ["evaluator", "train"]):
+        assert main([*command, "--out", str(existing), *common]) == 2
+        assert "exists: pass --resume to continue it or --overwrite" in capsys.readouterr().err
+        assert main([*command, "--out", str(existing / "under-a-file.pt"), *common]) == 2
+        assert "cannot write there" in capsys.readouterr().err
+        assert main([*command, "--out", str(tmp_path / "new.pt"), "--lr", "inf", *common]) == 2
+        assert "lr" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()
+    assert existing.read_bytes() == b"a previous model"
+    assert main(["reward", "train", "--out", str(existing), "--overwrite", *common]) == 0

@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue --out if it exists")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--log-every", type=int, default=50)
     train.set_defaults(func=_train)
@@ -57,7 +58,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         log_every=args.log_every,
     )
-    train_evaluator(args.data, args.out, cfg, resume=args.resume, device=args.device)
+    train_evaluator(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
+                    device=args.device)
     print(f"wrote {args.out}")
     return 0
 

@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
         p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                        help="keep an EMA of the trained weights (e.g. 0.999); samples use it")
         p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period in steps")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
         p.add_argument("--resume", action="store_true",
                        help="continue --out if it exists (exact: optimizer, step, RNG, EMA)")
         p.add_argument("--seed", type=int, default=0)
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder, vae=getattr(args, "vae", None), device=args.device,
         cond_drop=args.cond_drop, log_every=args.log_every, show_progress=not args.no_progress,
         rec_loss=getattr(args, "rec_loss", None), kl_weight=getattr(args, "kl_weight", None),
-        joints_weight=getattr(args, "joints_weight", None))
+        joints_weight=getattr(args, "joints_weight", None), overwrite=args.overwrite)
     result = pretrain(opts)
     tail = [v for _, v in result.losses[-50:]]
     print(f"pretrain {args.stage}: {len(result.losses)} steps (to step {result.steps}) in "

@@ -47,6 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--log-every", type=int, default=50)
 
@@ -140,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         mode=args.mode,
         text_encoder=args.text_encoder,
     )
-    train_stage1(args.data, args.out, cfg, resume=args.resume, device=args.device)
+    train_stage1(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
     print(f"wrote {args.out}")
     return 0
 
@@ -160,7 +161,8 @@ def _refine(args: argparse.Namespace) -> int:
         spl_high_sim=args.spl_high_sim,
         spl_double_temperature=args.spl_double_temperature,
     )
-    refine_spl(args.init, args.data, args.out, cfg, resume=args.resume, device=args.device)
+    refine_spl(args.init, args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
+               device=args.device)
     print(f"wrote {args.out}")
     return 0
 

@@ -13,17 +13,22 @@ Nothing here shares weights, architecture or loss with the reward model.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from easytune import metrics
-from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
+from easytune.checkpoint import (
+    check_output_file,
+    load_state_dict_strict,
+    load_training_checkpoint,
+    save_atomic,
+)
 from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
 from easytune.train_utils import check_finite, seed_everything
@@ -58,7 +63,7 @@ class EvaluatorTrainConfig:
     ckpt_every: int = 250
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.margin <= 0:
+        if self.steps < 1 or self.batch_size < 2 or not 0 < self.lr < math.inf or self.margin <= 0:
             raise ConfigError(
                 f"evaluator training: need steps >= 1, batch_size >= 2, lr > 0, margin > 0; got "
                 f"{self.steps}, {self.batch_size}, {self.lr}, {self.margin}"
@@ -85,6 +90,7 @@ def train_evaluator(
     cfg: EvaluatorTrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     train_set: Any = None,
     collate: Any = None,
@@ -93,7 +99,7 @@ def train_evaluator(
     every ``ckpt_every`` steps, with optimizer/step/rng so ``resume`` continues exactly)."""
     if collate is None:
         from easytune.data.humanml import collate_motion as collate
-    out, device = Path(out), torch.device(device)
+    out, device = check_output_file(out, resume=resume, overwrite=overwrite), torch.device(device)
     seed_everything(cfg.seed)
     overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
     model = build_evaluator(cfg.preset, **overrides).to(device).train()

@@ -230,6 +230,14 @@ class Run:
         cfg, out = self.cfg, self.out
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file, not a run directory")
+        if self.info.is_main:  # a folder that cannot be written is found now, not after training
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / f".write-probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as err:
+                raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
         if self.info.is_main and out.is_dir():
             for stale in out.glob(".last.pt.*.tmp"):
                 stale.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ as ``state_dict``, the averaged trained part; ``from_checkpoint`` prefers it).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, save_atomic, strip_prefix
+from easytune.checkpoint import (
+    check_output_file,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_atomic,
+    strip_prefix,
+)
 from easytune.errors import CheckpointError, ConfigError
 from easytune.train_utils import EMA, check_finite, progress, seed_everything, warmup_cosine_lambda
 
@@ -80,6 +87,7 @@ class PretrainOptions:
     max_grad_norm: float = 1.0
     log_every: int = 100
     show_progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -104,8 +112,12 @@ def _check(opts: PretrainOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if opts.lr is not None and not opts.lr > 0:
-        raise ConfigError(f"--lr must be > 0, got {opts.lr}")
+    if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {opts.lr}")
+    if not (math.isfinite(opts.max_grad_norm) and opts.max_grad_norm > 0):
+        raise ConfigError(f"--max-grad-norm must be a finite number > 0, got {opts.max_grad_norm}")
+    # an output location that cannot be written is found now, not after the first checkpoint
+    check_output_file(opts.out, resume=opts.resume is not None, overwrite=opts.overwrite)
     if not 0.0 <= opts.cond_drop < 1.0:
         raise ConfigError(f"condition dropout must be in [0, 1), got {opts.cond_drop}")
     if opts.ema is not None and not 0.0 < opts.ema < 1.0:
@@ -318,6 +330,13 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
         config, train = ckpt["config"], meta["train"]
         if any(getattr(opts, k) is not None for k in VAE_LOSS_DEFAULTS):
             raise ConfigError(f"{opts.resume}: a resumed run keeps its loss settings {train}")
+        for key in TRAIN_KEYS:  # a changed option would be silently ignored: refuse it by name
+            given = getattr(opts, key)
+            if key != "steps" and given is not None and given != train.get(key):
+                raise ConfigError(
+                    f"--resume: {opts.resume} was trained with --{key.replace('_', '-')} {train.get(key)!r}, "
+                    f"this run asks for {given!r}; resume with the saved value (only --steps may change)"
+                )
     else:
         config, train = _resolve(opts, lambda spec: build_text_encoder(spec).sentence_dim,
                                  dataset.feature_dim)

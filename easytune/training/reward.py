@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from easytune import metrics
-from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
+from easytune.checkpoint import (
+    check_output_file,
+    load_state_dict_strict,
+    load_training_checkpoint,
+    save_atomic,
+)
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.train_utils import check_finite, seed_everything
@@ -98,7 +104,7 @@ class RewardTrainConfig:
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2 (the contrastive loss needs negatives)"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
             (0.0 <= self.noise_prob <= 1.0, "noise_prob must lie in [0, 1]"),
             (0 <= self.max_t < NOISE_SCHEDULE["num_train_timesteps"], "max_t must lie in [0, 999]"),
             (self.temperature > 0, "temperature must be > 0"),
@@ -401,11 +407,13 @@ def train_stage1(
     cfg: RewardTrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
 ) -> RewardModel:
     """``easytune reward train``: a fresh ``cfg.preset`` model trained with the stage-1 loss on ``data``."""
     if cfg.spl_weight:
         raise ConfigError("stage 1 (reward train) takes no SPL term; use `easytune reward refine`")
+    check_output_file(out, resume=resume, overwrite=overwrite)
     overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
     seed_everything(cfg.seed)
     model = build_reward_model(cfg.preset, mode=cfg.mode, **overrides)
@@ -422,10 +430,12 @@ def refine_spl(
     cfg: RewardTrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
 ) -> RewardModel:
     """``easytune reward refine``: SPL stage 2 from the stage-1 checkpoint ``init`` (its architecture is
     kept; ``cfg.mode`` and ``cfg.text_encoder`` are taken from it)."""
+    check_output_file(out, resume=resume, overwrite=overwrite)
     if cfg.spl_weight == 0:
         log.warning("spl_weight=0: no SPL term, a plain stage-1 continuation (the control run for SPL)")
     model = RewardModel.from_checkpoint(init, freeze=False)
