@@ -28,6 +28,7 @@ from easytune.methods import Method, StepPlan
 from easytune.train_utils import check_finite
 
 COMPILE_MODES = (None, "default", "reduce-overhead")
+NON_FINITE_X_T = "Trainer: batch['x_T'] holds NaN or inf values (the trajectory's initial noise)"
 RewardFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
 DecodeFn = Callable[[torch.Tensor, Mapping[str, Any]], Any]
 
@@ -123,10 +124,12 @@ class Trainer:
                 f"Trainer: method must be an easytune.methods.Method (e.g. et.methods.EasyTune(k=10)), "
                 f"got {type(method).__name__}"
             )
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ConfigError(f"Trainer: max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        if eta < 0:
-            raise ConfigError(f"Trainer: eta must be >= 0, got {eta}")
+        if max_grad_norm is not None and not 0 < max_grad_norm < math.inf:
+            raise ConfigError(f"Trainer: max_grad_norm must be finite and > 0, or None; got {max_grad_norm}")
+        scalars = (("guidance_scale", guidance_scale), ("eta", eta), ("reward_weight", reward_weight))
+        for name, value in scalars:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"Trainer: {name} must be a finite number >= 0, got {value!r}")
         self.denoise_fn = denoise_fn
         self.scheduler = _as_ddim(scheduler, num_inference_steps)
         self.reward_fn = reward_fn
@@ -199,6 +202,9 @@ class Trainer:
     def _run(self, batch: Mapping[str, Any]) -> dict[str, float]:
         cond, uncond = batch["cond"], batch.get("uncond")
         x = self._initial_sample(batch, cond)
+        x_T_ok = torch.isfinite(x).all()  # read with the statistics: a NaN x_T is named, not blamed on the lr
+        if not self._sync_free and not bool(x_T_ok):  # the synchronous guard would stop at the first loss
+            raise ConfigError(NON_FINITE_X_T)
         cuda = x.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(x.device)
@@ -245,7 +251,10 @@ class Trainer:
             x = x_prev
         if policy is not None:
             _swap_data(self._params, policy)  # theta <- theta' (the policy copy that received the updates)
-        values = self._read([*rewards, *losses, *norms, *finite, *weights_ok])
+        values = self._read([*rewards, *losses, *norms, *finite, *weights_ok, x_T_ok])
+        if not values.pop():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise ConfigError(NON_FINITE_X_T)
         n_r, n_u = len(rewards), len(norms)
         reward_v, loss_v, norm_v, ok_v, w_ok_v = (
             values[:n_r],
@@ -364,6 +373,15 @@ class Trainer:
 
     def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
         x_T = batch.get("x_T")
+        ref = _first_tensor(cond)
+        if ref is None or ref.dim() == 0:
+            raise ConfigError("Trainer: batch['cond'] must contain a tensor with a batch dimension")
+        uncond_ref = _first_tensor(batch.get("uncond"))
+        if uncond_ref is not None and (uncond_ref.dim() == 0 or uncond_ref.shape[0] != ref.shape[0]):
+            raise ConfigError(
+                f"Trainer: batch['uncond'] has batch size {tuple(uncond_ref.shape)[:1]}, batch['cond'] "
+                f"{ref.shape[0]}: one null condition per sample"
+            )
         if x_T is not None:
             if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or x_T.dim() < 2:
                 raise ConfigError("Trainer: batch['x_T'] must be a floating tensor [B, ...]")
@@ -372,14 +390,23 @@ class Trainer:
                     f"Trainer: batch['x_T'] has per-sample shape {tuple(x_T.shape[1:])}, "
                     f"expected latent_shape {self.latent_shape}"
                 )
+            if x_T.shape[0] != ref.shape[0]:
+                raise ConfigError(
+                    f"Trainer: batch['x_T'] has batch size {x_T.shape[0]}, batch['cond'] {ref.shape[0]}"
+                )
+            if x_T.device != ref.device:
+                raise ConfigError(f"Trainer: batch['x_T'] is on {x_T.device}, batch['cond'] on {ref.device}")
+            weight = next(iter(self._params))
+            if x_T.dtype != weight.dtype and weight.dtype in (torch.float32, torch.float64):
+                raise ConfigError(
+                    f"Trainer: batch['x_T'] is {x_T.dtype} but the trained weights are {weight.dtype}; "
+                    "pass x_T in the model's dtype"
+                )
             return x_T
         if self.latent_shape is None:
             raise ConfigError(
                 "Trainer: the batch has no 'x_T' and the trainer has no latent_shape; pass one of them"
             )
-        ref = _first_tensor(cond)
-        if ref is None or ref.dim() == 0:
-            raise ConfigError("Trainer: batch['cond'] must contain a tensor with a batch dimension")
         dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
         like = torch.empty((), dtype=dtype, device=ref.device)
         return self._randn((ref.shape[0], *self.latent_shape), like) * self.scheduler.init_noise_sigma
@@ -417,6 +444,10 @@ class Trainer:
     def _reward(self, target: torch.Tensor, batch: Mapping[str, Any], batch_size: int) -> torch.Tensor:
         sample = self.decode_fn(target, batch) if self.decode_fn is not None else target
         reward = self.reward_fn(sample, batch)
+        if isinstance(reward, torch.Tensor) and not reward.is_floating_point():
+            raise ConfigError(
+                f"reward_fn must return floating rewards (differentiable), got dtype {reward.dtype}"
+            )
         if not isinstance(reward, torch.Tensor) or tuple(reward.shape) != (batch_size,):
             got = tuple(reward.shape) if isinstance(reward, torch.Tensor) else type(reward).__name__
             raise ConfigError(

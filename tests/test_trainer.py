@@ -622,8 +622,11 @@ def test_non_finite_weights_after_an_update_stop_training_and_name_the_tensor(fu
     opt = torch.optim.SGD(model.parameters(), lr=float("inf"), fused=fused or None)
     trainer = et.Trainer(model, sched, reward_fn, method=et.methods.EasyTune(k=2), optimizer=opt)
     assert trainer._sync_free is fused
-    with pytest.raises(et.errors.NonFiniteError, match=r"weight net\.0\.weight is not finite after update 0.*"
-                       r"learning rate \[inf\]"):
+    with pytest.raises(
+        et.errors.NonFiniteError,
+        match=r"weight net\.0\.weight is not finite after update 0.*"
+        r"learning rate \[inf\]",
+    ):
         trainer.step(batch)
 
 
@@ -635,3 +638,32 @@ def test_trainable_weights_outside_the_optimizer_are_refused_by_name():
     model.net[2].requires_grad_(False)
     et.Trainer(model, sched, reward_fn, method=et.methods.ReFL(m=1), optimizer=opt).step(batch)
     assert all(p.grad is None for p in model.net[2].parameters())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bad_library_inputs_are_named(fused):
+    model, sched, batch = make_setup()
+    model = model.float()
+    batch = {k: None if v is None else v.float() for k, v in batch.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=fused or None)
+
+    def trainer(**kw):
+        reward = kw.pop("reward", reward_fn)
+        return et.Trainer(model, sched, reward, method=et.methods.ReFL(m=1), optimizer=opt, **kw)
+
+    for name, value in (("guidance_scale", float("nan")), ("eta", float("inf")), ("reward_weight", -1.0)):
+        with pytest.raises(ConfigError, match=f"{name} must be a finite number >= 0"):
+            trainer(**{name: value})
+    with pytest.raises(ConfigError, match="max_grad_norm must be finite and > 0"):
+        trainer(max_grad_norm=float("nan"))
+    cases = [
+        ({**batch, "x_T": batch["x_T"][:2]}, r"x_T'\] has batch size 2, batch\['cond'\] 3"),
+        ({**batch, "uncond": batch["uncond"][:1]}, r"batch\['uncond'\] has batch size \(1,\)"),
+        ({**batch, "x_T": batch["x_T"].double()}, r"x_T'\] is torch.float64 but the trained weights"),
+        ({**batch, "x_T": batch["x_T"] * float("nan")}, r"x_T'\] holds NaN or inf"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            trainer().step(bad)
+    with pytest.raises(ConfigError, match="floating rewards"):
+        trainer(reward=lambda s, b: (reward_fn(s, b) > 0).long()).step(batch)
