@@ -39,13 +39,17 @@ def test_resolve_device():
             resolve_device(bad)
 
 
+def _sample(out, *options: str) -> int:
+    """``easytune sample`` of the embedded tiny MLD, 2 DDIM steps, 8 frames unless ``options`` say else."""
+    return main(["sample", "--ckpt", "default", "--text", "a person walks", "--steps", "2", "--length", "8",
+                 "--out", str(out), *options])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
-def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
+def test_cuda_on_a_machine_without_it_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--device cuda: .*(no CUDA support|no CUDA device)"):
         resolve_device("cuda")
-    code = main(
-        ["sample", "--ckpt", "default", "--text", "a person walks", "--out", "x.npy", "--device", "cuda"]
-    )
+    code = _sample(tmp_path / "x.npy", "--device", "cuda")
     err = capsys.readouterr().err
     assert code == 2 and "--device cuda" in err and "Traceback" not in err
 
@@ -53,44 +57,14 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
 def test_the_chosen_device_is_printed(tmp_path, caplog):
     out = tmp_path / "m.npy"
     with caplog.at_level(logging.INFO, logger="easytune"):
-        code = main(
-            [
-                "sample",
-                "--ckpt",
-                "default",
-                "--text",
-                "a person walks",
-                "--length",
-                "8",
-                "--steps",
-                "2",
-                "--out",
-                str(out),
-            ]
-        )
+        code = _sample(out)
     assert code == 0 and out.exists()
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert f"device: {expected}" in caplog.text
 
 
 def test_sample_length_is_reported_in_frames(tmp_path, capsys):
-    code = main(
-        [
-            "sample",
-            "--ckpt",
-            "default",
-            "--text",
-            "a person walks",
-            "--length",
-            "250",
-            "--steps",
-            "2",
-            "--out",
-            str(tmp_path / "m.npy"),
-            "--device",
-            "cpu",
-        ]
-    )
+    code = _sample(tmp_path / "m.npy", "--length", "250", "--device", "cpu")
     err = capsys.readouterr().err
     assert code == 2 and "length 250 frames" in err and "196 frames at most" in err and "tokens" not in err
     assert not (tmp_path / "m.npy").exists()
@@ -98,48 +72,18 @@ def test_sample_length_is_reported_in_frames(tmp_path, capsys):
 
 def test_sampling_refuses_non_finite_options_and_weights(tmp_path, capsys):
     out = tmp_path / "m.npy"
-    code = main(
-        [
-            "sample",
-            "--ckpt",
-            "default",
-            "--text",
-            "a person walks",
-            "--guidance",
-            "nan",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    code = _sample(out, "--guidance", "nan", "--device", "cpu")
     assert code == 2 and "--guidance must be a finite number" in capsys.readouterr().err and not out.exists()
 
     from easytune.checkpoint import ASSETS, load_checkpoint
 
     ckpt = load_checkpoint(ASSETS / "mld_tiny.pt")
-    name = next(
-        k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and k.startswith("denoiser.")
-    )
+    state = ckpt["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point() and k.startswith("denoiser."))
     ckpt["state_dict"][name] = ckpt["state_dict"][name].clone()
     ckpt["state_dict"][name].view(-1)[0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pt")  # as a broken run would have (easytune never writes one)
-    code = main(
-        [
-            "sample",
-            "--ckpt",
-            str(tmp_path / "nan.pt"),
-            "--text",
-            "a person walks",
-            "--steps",
-            "2",
-            "--length",
-            "8",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    code = main(["sample", "--ckpt", str(tmp_path / "nan.pt"), "--text", "a person walks", "--steps", "2",
+                 "--length", "8", "--out", str(out), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and f"weight {name} holds NaN or inf" in err and not out.exists()
