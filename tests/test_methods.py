@@ -128,7 +128,14 @@ def test_alignprop_truncation_distribution():
 
 def test_alignprop_and_planner_errors():
     with pytest.raises(ConfigError, match="high=49"):
-        AlignProp().plan(list(range(10)), gen())
+        AlignProp(high=49).plan(list(range(10)), gen())
+    assert AlignProp().window(10) == (8.4, 1.0, 1, 9)  # derived from the step count
+    assert AlignProp().window(50) == (42.0, 5.0, 1, 49)  # AlignProp's 42 +- 5 of 50
+    starts = {next(p.index for p in AlignProp().plan(list(range(5)), gen(s)) if p.grad) for s in range(40)}
+    assert starts <= {1, 2, 3, 4} and len(starts) >= 2
+    for bad in ({"mean": float("nan")}, {"std": float("inf")}, {"std": -1.0}):
+        with pytest.raises(ConfigError, match="AlignProp"):
+            AlignProp(**bad)
     with pytest.raises(ConfigError, match="distribution"):
         AlignProp(distribution="beta")
     with pytest.raises(ConfigError, match="reward_on"):

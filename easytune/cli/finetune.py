@@ -33,9 +33,11 @@ def register(subparsers: Any) -> None:
     m.add_argument("--variant", choices=["step", "chain"], help="EasyTune: step or chain optimisation")
     m.add_argument("--n", type=int, help="DRaFT-LV: re-noised copies")
     m.add_argument("--m", type=int, help="ReFL / DRTune: early stop drawn among the last m steps")
-    m.add_argument("--mean", type=float, help="AlignProp: mean backprop start step")
-    m.add_argument("--std", type=float, help="AlignProp: std of the start step")
+    m.add_argument("--mean", type=float, help="AlignProp: mean backprop start step (default 0.84 x steps)")
+    m.add_argument("--std", type=float, help="AlignProp: std of the start step (default 0.1 x steps)")
     m.add_argument("--distribution", choices=["normal", "uniform"], help="AlignProp: start distribution")
+    m.add_argument("--low", type=int, help="AlignProp: earliest start step (default 1)")
+    m.add_argument("--high", type=int, help="AlignProp: latest start step (default: inference steps - 1)")
     p.add_argument("--base", default="default", help="MLD / MDM checkpoint ('default': embedded tiny MLD)")
     p.add_argument("--reward", default="default", help="reward checkpoint ('default': embedded SPL model)")
     p.add_argument("--data", default=None, help="dataset folder for prompts (default: the base model's)")
@@ -84,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     from easytune.training.finetune import FinetuneConfig, Run
 
     options = {"k": args.k, "weighting": args.weighting, "variant": args.variant, "n": args.n, "m": args.m,
-               "mean": args.mean, "std": args.std, "distribution": args.distribution}
+               "mean": args.mean, "std": args.std, "distribution": args.distribution, "low": args.low,
+               "high": args.high}
     cfg = FinetuneConfig(
         method=args.method, method_options={k: v for k, v in options.items() if v is not None},
         base=args.base, reward=args.reward, data=args.data, out=args.out, steps=args.steps,
