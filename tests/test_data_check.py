@@ -134,3 +134,35 @@ def test_out_of_range_lengths_can_be_allowed(tmp_path):
 def test_missing_root(tmp_path):
     report = check_dataset(tmp_path / "nowhere")
     assert report.problems == [f"{tmp_path / 'nowhere'}: dataset root does not exist"]
+
+
+@pytest.mark.parametrize("dtype", ["int32", "complex64", "<U5"])
+def test_check_and_loader_refuse_the_same_feature_dtypes(tmp_path, dtype):
+    make_valid(tmp_path)
+    clip = H.read_split(tmp_path, "train")[0]
+    np.save(tmp_path / H.MOTION_DIR / f"{clip}.npy", np.zeros((60, 263)).astype(dtype))
+    report = check_dataset(tmp_path)
+    assert any(f"{clip}.npy: expected floating-point features, got dtype" in p for p in report.problems)
+    with pytest.raises(H.DataError, match="floating-point features|float"):
+        H.load_motion(tmp_path / H.MOTION_DIR / f"{clip}.npy", 263)
+    with pytest.raises(H.DataError):
+        H.MotionDataset(tmp_path, "train", normalize=False)
+
+
+def test_duplicate_ids_bom_and_non_utf8_bytes_are_named_by_file_and_line(tmp_path):
+    make_valid(tmp_path)
+    ids = H.read_split(tmp_path, "train")
+    (tmp_path / "train.txt").write_text("\n".join([*ids, ids[0]]) + "\n", encoding="utf-8")
+    report = check_dataset(tmp_path)
+    assert any(f"train.txt:{len(ids) + 1}: clip id {ids[0]!r} is listed twice (first on line 1)" in p
+               for p in report.problems)
+    with pytest.raises(H.DataError, match="listed twice"):
+        H.MotionDataset(tmp_path, "train", normalize=False)
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(ids).encode())  # BOM: dropped
+    assert H.read_split(tmp_path, "train") == ids
+    caption_file = tmp_path / H.TEXT_DIR / f"{ids[0]}.txt"
+    caption_file.write_bytes(b"\xef\xbb\xbf" + caption_file.read_bytes())
+    assert not H.read_captions(caption_file)[0].caption.startswith("\ufeff")
+    (tmp_path / "train.txt").write_bytes("\n".join(ids[:2]).encode() + b"\nbad\xff\n")
+    report = check_dataset(tmp_path)
+    assert any("train.txt:3: not UTF-8 text (byte 0xff)" in p for p in report.problems)

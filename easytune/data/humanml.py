@@ -74,15 +74,24 @@ def _seconds(field: str, path: Path, lineno: int, name: str) -> float:
     return value
 
 
+def read_text(path: Path, what: str) -> str:
+    """A dataset text file as str: UTF-8, a leading byte-order mark dropped. DataError naming the file
+    (and the line of the first byte that is not UTF-8) if it is missing or not UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} does not exist") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x})") from None
+
+
 def read_captions(path: str | Path) -> list[CaptionLine]:
     """Parse a caption file. DataError if it is missing, empty, or has a malformed line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: caption file does not exist") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    text = read_text(path, "caption file")
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -110,7 +119,15 @@ def read_split(root: str | Path, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in Path(root).glob("*.txt"))
         raise DataError(f"{path}: split file does not exist (split files in {root}: {available})")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids, seen = [], {}
+    for lineno, line in enumerate(read_text(path, "split file").splitlines(), start=1):
+        clip = line.strip()
+        if not clip:
+            continue
+        if clip in seen:
+            raise DataError(f"{path}:{lineno}: clip id {clip!r} is listed twice (first on line {seen[clip]})")
+        seen[clip] = lineno
+        ids.append(clip)
     if not ids:
         raise DataError(f"{path}: split file lists no clip ids")
     return ids
@@ -142,6 +159,8 @@ def load_motion(path: str | Path, feature_dim: int) -> np.ndarray:
         raise DataError(f"{path}: file does not exist") from None
     except (ValueError, OSError) as err:
         raise DataError(f"{path}: not a readable .npy file ({err})") from None
+    if arr.dtype.kind != "f":  # the loaders' rule too: no silent cast of ints, complex or strings
+        raise DataError(f"{path}: expected floating-point features, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != feature_dim:
         raise DataError(f"{path}: expected features of shape [T, {feature_dim}], got {arr.shape}")
     arr = arr.astype(np.float32, copy=False)
