@@ -104,6 +104,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+            except RuntimeError:  # Python < 3.13 reports a loop this way
+                raise CheckpointError(f"{path}: a symbolic link loop, not a checkpoint file") from None
+            except OSError as err:
+                what = "a symbolic link loop" if "loop" in str(err).lower() else "a broken symbolic link"
+                raise CheckpointError(f"{path}: {what}, not a checkpoint file") from None
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         if path.suffix == ".safetensors":
@@ -112,10 +120,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             return {"state_dict": load_file(str(path), device=str(map_location))}
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: cannot load checkpoint: {_load_error(err)}") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return dict(obj)
+
+
+def _load_error(err: Exception) -> str:
+    """What went wrong in a safe load, without torch's advice to load with ``weights_only=False`` (which
+    would run pickled code: easytune never does)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        reason = detail[0].strip().split(". ")[0] if detail and "WeightsUnpickler error:" in text else ""
+        if "Unsupported global" in text:
+            return (
+                f"it holds pickled objects other than tensors, dicts, lists and numbers ({reason}), which a "
+                "safe load refuses (easytune never runs pickled code); re-save it with plain tensors"
+            )
+        return f"not a valid torch checkpoint ({reason or 'its pickle data is corrupt'})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"not a readable torch or safetensors checkpoint ({type(err).__name__}: {first[:200]})"
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -47,3 +47,34 @@ def test_training_checkpoint_resume_checks(tmp_path):
     exported = save_atomic(base, tmp_path / "exported.pt")
     with pytest.raises(CheckpointError, match="no optimizer state"):
         load_training_checkpoint(exported, train_config)
+
+
+class _Payload:
+    """A pickle that would write a file when unpickled (it must never run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_unreadable_checkpoints_are_named_without_unsafe_advice(tmp_path):
+    import os
+
+    from easytune.checkpoint import load_checkpoint
+    from easytune.errors import CheckpointError
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, tmp_path / "evil.pt")
+    loop = tmp_path / "loop.pt"
+    os.symlink(loop, loop)
+    for path, expected in ((noise, "not a valid torch checkpoint|not a readable torch"),
+                           (tmp_path / "evil.pt", "holds pickled objects other than tensors"),
+                           (loop, "a symbolic link loop")):
+        with pytest.raises(CheckpointError, match=expected) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+    assert not marker.exists()  # the pickled code never ran

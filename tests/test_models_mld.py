@@ -218,3 +218,10 @@ def test_vae_decode_takes_a_list_of_lengths_or_says_what_it_expects():
         with pytest.raises(ConfigError, match="lengths must be an integer tensor"):
             vae.decode(z, bad)
     assert vae.max_frames == vae.config.max_len - 2
+
+
+def test_a_reward_checkpoint_passed_as_an_mld_is_named():
+    from easytune.checkpoint import ASSETS
+
+    with pytest.raises(CheckpointError, match=r"reward\.pt: not an MLD model \(its config has keys"):
+        MLD.from_checkpoint(ASSETS / "reward.pt")

@@ -347,6 +347,13 @@ class MLD(nn.Module):
         ckpt = load_checkpoint(path)
         state = model_state_dict(ckpt, path, use_ema)
         if "config" in ckpt:
+            config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+            if config.get("kind") != "mld":
+                what = f"kind {config['kind']!r}" if "kind" in config else f"keys {sorted(config)[:8]}"
+                raise CheckpointError(
+                    f"{path}: not an MLD model (its config has {what}; a reward model or evaluator?); pass "
+                    "an MLD checkpoint (`easytune pretrain mld`, or a lineage MLD / MotionLCM file)"
+                )
             model = cls.from_config(ckpt["config"])
         else:
             if "denoiser.time_embedding.cond_proj.weight" in state:
