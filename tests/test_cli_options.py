@@ -87,3 +87,16 @@ def test_sampling_refuses_non_finite_options_and_weights(tmp_path, capsys):
                  "--length", "8", "--out", str(out), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and f"weight {name} holds NaN or inf" in err and not out.exists()
+
+
+def test_version_and_python_dash_m(capsys):
+    import subprocess
+    import sys
+
+    from easytune import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"easytune {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "easytune", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"easytune {__version__}"

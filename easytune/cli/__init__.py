@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Step-aware reward fine-tuning of text-to-motion diffusion models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    from easytune import __version__
+
+    parser.add_argument("--version", action="version", version=f"easytune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
