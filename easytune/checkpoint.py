@@ -60,14 +60,21 @@ def check_output_file(
         raise ConfigError(f"{option} {path} is a directory; the run writes one checkpoint file")
     if path.exists() and not resume and not overwrite:
         raise ConfigError(f"{option} {path} exists: pass --resume to continue it or --overwrite to replace")
+    check_writable_dir(path.parent, f"{option} {path}")
+    return path
+
+
+def check_writable_dir(folder: str | os.PathLike, shown: str) -> None:
+    """Create ``folder`` if missing and write a probe file in it; ConfigError (``shown``: the option and
+    value to name) if that fails."""
+    folder = Path(folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{path.name}.write-probe-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"{option} {path}: cannot write there ({err.strerror or err})") from None
-    return path
+        raise ConfigError(f"{shown}: cannot write there ({err.strerror or err})") from None
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

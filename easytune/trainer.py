@@ -350,11 +350,9 @@ class Trainer:
 
     def _non_finite_weights(self, update: int) -> NonFiniteError:
         """The error for weights that went NaN / inf at ``update``: which tensor, and the likely cause."""
-        names = {}
-        owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)
-        for module in (owner, getattr(owner, "gen", None) and owner.gen.trainable):
-            if isinstance(module, torch.nn.Module):
-                names.update({id(p): n for n, p in module.named_parameters()})
+        owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)  # a module or an object owning it
+        named = getattr(owner, "named_parameters", None)
+        names = {id(p): n for n, p in named()} if callable(named) else {}
         bad = next(
             (i, p) for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all())
         )

@@ -49,17 +49,20 @@ def guided_denoise(
     ``sample`` [B, ...], ``timesteps`` int64 [B]. With ``uncond=None`` (guidance off) runs
     ``denoise_fn(sample, timesteps, cond)`` and returns ``(out, None)``.
     """
-    batch = sample.shape[0]
     if uncond is None:
-        out = denoise_fn(sample, timesteps, cond)
-    else:
-        out = denoise_fn(
-            torch.cat([sample, sample]), torch.cat([timesteps, timesteps]), concat_conditions(cond, uncond)
-        )
-    expected = (2 * batch if uncond is not None else batch, *sample.shape[1:])
+        return split_outputs(denoise_fn(sample, timesteps, cond), sample, guided=False)
+    out = denoise_fn(
+        torch.cat([sample, sample]), torch.cat([timesteps, timesteps]), concat_conditions(cond, uncond)
+    )
+    return split_outputs(out, sample, guided=True)
+
+
+def split_outputs(out: Any, sample: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The denoiser's output for ``sample`` [B, ...] (``[2B, ...]`` when ``guided``: cond rows first) as
+    (out_cond, out_uncond or None); ConfigError unless it is a tensor of that shape."""
+    batch = sample.shape[0]
+    expected = (2 * batch if guided else batch, *sample.shape[1:])
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"denoise_fn must return a tensor shaped like its input x_t {expected}, got {got}")
-    if uncond is None:
-        return out, None
-    return out[:batch], out[batch:]
+    return (out[:batch], out[batch:]) if guided else (out, None)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from easytune import ops
-from easytune.diffusion.guidance import DenoiseFn, concat_conditions
+from easytune.diffusion.guidance import DenoiseFn, concat_conditions, split_outputs
 from easytune.errors import ConfigError
 
 
@@ -100,13 +100,7 @@ class GuidedStep:
             out = activation_checkpoint(fn, model_in, t, cond, use_reentrant=False)
         else:
             out = fn(model_in, t, cond)
-        expected = (model_in.shape[0], *x.shape[1:])
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(
-                f"denoise_fn must return a tensor shaped like its input x_t {expected}, got {got}"
-            )
-        return (out[:batch], out[batch:]) if guided else (out, None)
+        return split_outputs(out, x, guided)
 
     def update(
         self,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from easytune import methods
-from easytune.checkpoint import load_checkpoint, save_atomic
+from easytune.checkpoint import check_writable_dir, load_checkpoint, save_atomic
 from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
 from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
@@ -231,13 +231,7 @@ class Run:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file, not a run directory")
         if self.info.is_main:  # a folder that cannot be written is found now, not after training
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / f".write-probe-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
-            except OSError as err:
-                raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+            check_writable_dir(out, f"--out {out}")
         if self.info.is_main and out.is_dir():
             for stale in out.glob(".last.pt.*.tmp"):
                 stale.unlink(missing_ok=True)

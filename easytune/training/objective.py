@@ -65,6 +65,10 @@ class RewardObjective:
             reward = self.reward_model.reward(feats, batch["lengths"], batch["captions"])
         return reward.float()
 
+    def named_parameters(self):
+        """The trainable module's parameters with their names (the trainer names a bad tensor with them)."""
+        return self.gen.trainable.named_parameters()
+
     @property
     def decode_fn(self):
         """``decode`` for latent models (MLD), None for models that denoise features directly (MDM)."""
