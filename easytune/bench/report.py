@@ -354,10 +354,13 @@ def _overhead_md(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Overhead (`easytune bench overhead`)", ""]
     ops = [r for r in rows if "op" in r]
     if ops:
-        lines += ["| op | backend | auto us | bare us | overhead us | target |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| op | backend | auto us | bare us | overhead us | dispatch us (backend stubbed) | target |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r['op']} | {r['backend']} | {_num(r['auto_us'])} | {_num(r['bare_us'])} | "
-            f"{_num(r['overhead_us'])} | {r.get('target_us') or '-'} |"
+            f"{_num(r['overhead_us'])} | {_num(r.get('dispatch_us'))} | {r.get('target_us') or '-'} |"
             for r in ops
         ]
     for r in rows:

@@ -240,7 +240,8 @@ def _overhead(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"[bench overhead] {r['op']:12s} auto {r['auto_us']:8.1f} us, {r['backend']} bare "
-            f"{r['bare_us']:8.1f} us, overhead {r['overhead_us']:6.2f} us",
+            f"{r['bare_us']:8.1f} us, overhead {r['overhead_us']:6.2f} us, "
+            f"dispatch {r['dispatch_us']:5.2f} us",
             file=sys.stderr,
         )
     loop = loop_overhead(args.device, args.steps, args.loop_blocks, compile_mode=args.compile)

@@ -20,6 +20,7 @@ from easytune.ops import _triton, dispatch
 from easytune.ops import lengths as lengths_range
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
+_meta = dispatch.tensor_key
 
 
 def length_mask(lengths: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor | None:
@@ -149,8 +150,12 @@ def attention(
     ``scale`` defaults to 1/sqrt(D). ``backend``: ``auto | triton | cuda | sdpa | xformers | flash | math``
     (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
-    impl = dispatch.resolve("attention", backend, _check_inputs, q=q, k=k, v=v, q_lengths=q_lengths,
-                            kv_lengths=kv_lengths, dropout_p=dropout_p)
+    key = None if dispatch.compiling() else (
+        _meta(q), _meta(k), _meta(v), q_lengths is None or _meta(q_lengths),
+        kv_lengths is None or _meta(kv_lengths), dropout_p)
+    impl = dispatch.cached("attention", backend, key) or dispatch.resolve(
+        "attention", backend, _check_inputs, key=key, q=q, k=k, v=v, q_lengths=q_lengths,
+        kv_lengths=kv_lengths, dropout_p=dropout_p)
     if q_lengths is not None or kv_lengths is not None:
         _check_lengths_range(q, k, q_lengths, kv_lengths)
     return impl.fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)

@@ -24,6 +24,7 @@ depend on changed, e.g. a library installed).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,29 +228,61 @@ def requested_backend(op: str, backend: str | None) -> str:
 
 _PLAIN = (bool, int, float, str, type(None))
 _Tensor = torch.Tensor
-_compiling = torch.compiler.is_compiling
+_compiling = compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
+# A tensor's part of a signature, in one C call: (device, dtype, shape, requires_grad).
+tensor_key = operator.attrgetter("device", "dtype", "shape", "requires_grad")
 
 
 def _signature(op: str, backend: str | None, inputs: dict[str, Any]) -> tuple:
     """What the choice depends on: the op, the backend argument, the environment variables, grad mode, TF32,
-    the input names, and per input its device, dtype, shape and requires_grad (tensors) or value."""
-    key: list[Any] = [op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32()]
-    for name, value in inputs.items():
-        if isinstance(value, _Tensor):
-            key += (name, value.device, value.dtype, value.shape, value.requires_grad)
-        else:
-            key += (name, value if isinstance(value, _PLAIN) else type(value))
+    the input names, and per input its (device, dtype, shape, requires_grad) (tensors) or value."""
+    key = [op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32(), tuple(inputs)]
+    for value in inputs.values():
+        key.append(input_key(value))
     return tuple(key)
 
 
+def input_key(value: Any) -> Any:
+    """One input's part of a signature: a tensor's (device, dtype, shape, requires_grad), a plain value
+    (bool, int, float, str, None) itself, anything else its type."""
+    if isinstance(value, _Tensor):
+        return tensor_key(value)
+    return value if isinstance(value, _PLAIN) else type(value)
+
+
+def cached(op: str, backend: str | None, key: tuple | None) -> Implementation | None:
+    """The eager fast path of an op's entry point: the implementation memoised for ``key``, else None (a
+    miss: then call ``resolve(..., key=key)``).
+
+    ``key``: the op's own flat tuple of the ``input_key`` (``tensor_key`` for inputs that are always tensors)
+    of every input its validation and its backends' reasons read, built inline by the entry point (a loop over
+    a dict of inputs costs microseconds more); None under ``torch.compile`` (``compiling()``), where Dynamo
+    cannot trace the key's C attribute getter and the choice is made once at trace time by ``resolve``."""
+    if key is None:
+        return None
+    env = _ENV_STATE.get(op) or _env_values(op)
+    index = _CACHE.get((op, backend, env, _grad_enabled(), _ALLOW_TF32(), key))
+    if index is None:
+        return None
+    _COUNTS[index] += 1
+    return _IMPLS[index]
+
+
 def resolve(
-    op: str, backend: str | None = None, validate: Callable[..., None] | None = None, **inputs: Any
+    op: str,
+    backend: str | None = None,
+    validate: Callable[..., None] | None = None,
+    *,
+    key: tuple | None = None,
+    **inputs: Any,
 ) -> Implementation:
     """The implementation of ``op`` that will run ``inputs`` (see the module docstring for the rules).
 
     ``validate(**inputs)``: the op's checks of its inputs' metadata (shapes, dtypes, devices, option values),
     run with the first call of each signature only: a signature seen before passed them already.
+    ``key``: the entry point's own signature of ``inputs`` (see ``cached``), else one is derived from every
+    input.
 
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
@@ -257,10 +290,13 @@ def resolve(
     if _compiling():  # traced once: the choice becomes a constant of the graph
         index = _choose(op, backend, validate, **inputs)
     else:  # eager: one signature and one dictionary lookup
-        key = _signature(op, backend, inputs)
-        index = _CACHE.get(key)
+        if key is None:
+            sig = _signature(op, backend, inputs)
+        else:
+            sig = (op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32(), key)
+        index = _CACHE.get(sig)
         if index is None:
-            index = _fill(key, op, backend, validate, inputs)
+            index = _fill(sig, op, backend, validate, inputs)
     _COUNTS[index] += 1
     return _IMPLS[index]
 

@@ -13,12 +13,15 @@ exactly as ``diffusers.DDIMScheduler.step`` (no clipping or thresholding).
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from easytune.errors import ConfigError
 from easytune.ops import _triton, dispatch
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+_alpha_key = operator.attrgetter("shape", "requires_grad")
 
 
 def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -168,10 +171,17 @@ def guided_step(
     prev_sample)``, differentiable with respect to the model outputs, ``sample`` and ``noise``.
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    impl = dispatch.resolve("guided_step", backend, _check_inputs, model_cond=model_cond,
-                            model_uncond=model_uncond, sample=sample, eta=eta, noise=noise,
-                            prediction_type=prediction_type,
-                            alpha_prod_t=alpha_prod_t, alpha_prod_t_prev=alpha_prod_t_prev,
-                            guidance_scale=guidance_scale)
+    meta, tensor, Tensor = dispatch.input_key, dispatch.tensor_key, torch.Tensor
+    # The alphas' device and dtype matter to no check (they are converted); floats key by value.
+    key = None if dispatch.compiling() else (
+        tensor(model_cond), model_uncond is None or tensor(model_uncond), tensor(sample),
+        _alpha_key(alpha_prod_t) if type(alpha_prod_t) is Tensor else meta(alpha_prod_t),
+        _alpha_key(alpha_prod_t_prev) if type(alpha_prod_t_prev) is Tensor else meta(alpha_prod_t_prev),
+        guidance_scale if type(guidance_scale) is float else meta(guidance_scale), prediction_type,
+        eta if type(eta) is float else meta(eta), noise is None or tensor(noise))
+    impl = dispatch.cached("guided_step", backend, key) or dispatch.resolve(
+        "guided_step", backend, _check_inputs, key=key, model_cond=model_cond, model_uncond=model_uncond,
+        sample=sample, eta=eta, noise=noise, prediction_type=prediction_type, alpha_prod_t=alpha_prod_t,
+        alpha_prod_t_prev=alpha_prod_t_prev, guidance_scale=guidance_scale)
     return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
                    guidance_scale=guidance_scale, prediction_type=prediction_type, eta=eta, noise=noise)

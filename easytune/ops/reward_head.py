@@ -53,5 +53,7 @@ def reward_head(
 
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    impl = dispatch.resolve("reward_head", backend, _check_inputs, motion=motion, text=text)
+    key = None if dispatch.compiling() else (dispatch.tensor_key(motion), dispatch.tensor_key(text))
+    impl = dispatch.cached("reward_head", backend, key) or dispatch.resolve(
+        "reward_head", backend, _check_inputs, key=key, motion=motion, text=text)
     return impl.fn(motion, text, eps=eps)
