@@ -1,4 +1,4 @@
-"""Packaging: maps the Triton folder ``kernels/`` to the import name ``easytune_kernels`` and, when
+"""Packaging: ``easytune`` and its Triton kernels ``easytune_kernels`` and, when
 ``EASYTUNE_BUILD_CUDA=1``, builds the CUDA library of ``csrc/`` with CMake and ships it inside the
 package. A missing CUDA toolchain never fails an install: the library is then simply absent and the
 ``cuda`` backend reports why.
@@ -66,8 +66,7 @@ class CudaAwareDistribution(Distribution):
 
 setup(
     distclass=CudaAwareDistribution,
-    packages=find_packages(include=["easytune", "easytune.*"]) + ["easytune_kernels"],
-    package_dir={"easytune_kernels": "kernels"},
+    packages=find_packages(include=["easytune", "easytune.*", "easytune_kernels"]),
     package_data={"easytune": ["assets/*", "assets/**/*"], "easytune.ops": ["*.so"]},
     cmdclass={"build_py": BuildPyWithCuda},
 )

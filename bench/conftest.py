@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-DEFAULT_CASES = (
-    "easytune-1,easytune-10,easytune-50,draft-1,draft-5,draft-10,draft-25,draft-50,refl-10,drtune,alignprop"
-)
+from easytune.methods.registry import DEFAULT_BENCH_CASES as DEFAULT_CASES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -108,15 +108,10 @@ class Log:
 
 
 def environment(dry: bool) -> dict[str, str]:
-    """The child processes' environment: the source tree importable (``easytune`` and the ``kernels/``
-    folder as ``easytune_kernels``), compiled Triton on a GPU, the Triton cache in ``build/``."""
-    shim = WORK / "pythonpath"
-    shim.mkdir(parents=True, exist_ok=True)
-    link = shim / "easytune_kernels"
-    if not link.exists():
-        link.symlink_to(ROOT / "kernels", target_is_directory=True)
+    """The child processes' environment: the source tree importable (``easytune`` and ``easytune_kernels``),
+    compiled Triton on a GPU, the Triton cache in ``build/``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(shim), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["TRITON_INTERPRET"] = "1" if dry else "0"
     env.setdefault("TRITON_CACHE_DIR", str(ROOT / "build" / "triton-cache"))
     env.setdefault("OMP_NUM_THREADS", "2" if dry else str(min(8, os.cpu_count() or 1)))

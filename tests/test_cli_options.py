@@ -26,6 +26,11 @@ def _device_actions(parser: argparse.ArgumentParser, path: str = "easytune"):
 def test_every_command_defaults_to_auto_device():
     found = dict(_device_actions(build_parser()))
     assert len(found) >= 12  # sample, eval, pretrain x3, reward x3, evaluator x2, finetune, analyze, bench x5
+    from easytune.training.finetune_config import FinetuneConfig
+
+    # finetune's options are generated from its config dataclass (defaults there, the flag SUPPRESSed)
+    assert found["easytune finetune"].default == argparse.SUPPRESS and FinetuneConfig().device == "auto"
+    found.pop("easytune finetune")
     wrong = {cmd: a.default for cmd, a in found.items() if a.default not in ("auto", None)}
     assert not wrong, f"--device defaults that silently pick the CPU on a GPU machine: {wrong}"
     assert found["easytune info"].default is None  # info: every device, unless one is named

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,11 @@ from easytune.data.humanml import load_mean_std
 from easytune.data.synthetic import generate_dataset
 from easytune.errors import ConfigError, NonFiniteLossError
 from easytune.generation import load_generator
+from easytune.methods import build as build_method
 from easytune.models.presets import build_model, get_preset, model_config
 from easytune.models.reward import build_reward_model
 from easytune.text import build_text_encoder
-from easytune.training.finetune import METHODS, FinetuneConfig, Run, build_method
+from easytune.training.finetune import FinetuneConfig, Run
 
 TEXT = "builtin:token_dim=16,sentence_dim=16"
 
@@ -78,7 +80,7 @@ def _config(assets, out: Path, **kw) -> FinetuneConfig:
 
 
 def test_build_method_rejects_unknown_name():
-    with pytest.raises(ConfigError, match="--method"):
+    with pytest.raises(ConfigError, match="method must be one of"):
         build_method("dpo")
     assert build_method("draft", k=3).k == 3
 
@@ -378,7 +380,6 @@ def test_the_light_config_module_agrees_with_the_trainer_and_the_objective():
 
     assert finetune_config.COMPILE_MODES == trainer.COMPILE_MODES
     assert objective.PRECISIONS is finetune_config.PRECISIONS
-    assert tuple(METHODS) == finetune_config.METHOD_NAMES
     with pytest.raises(ConfigError, match="--precision"):
         FinetuneConfig(precision="fp8").validate()
     with pytest.raises(ConfigError, match="--compile"):
@@ -505,3 +506,86 @@ def test_alignprop_runs_at_any_step_count_and_takes_its_window_from_the_cli(asse
     assert main(["finetune", "--out", str(tmp_path / "b"), "--low", "2", "--high", "3", *common]) == 0
     assert main(["finetune", "--out", str(tmp_path / "c"), "--mean", "nan", *common]) == 2
     assert "AlignProp: mean must be a finite number" in capsys.readouterr().err
+
+
+# ---------------------------------------------------- issue 15: the config dataclass is the command line
+def _finetune_flags(assets, out) -> list[str]:
+    return [
+        "finetune", "--method", "easytune-2", "--weighting", "late", "--base", str(assets["base"]),
+        "--reward", str(assets["reward"]), "--data", str(assets["data"]), "--out", str(out), "--steps", "3",
+        "--batch-size", "2", "--lr", "1e-3", "--warmup", "1", "--inference-steps", "4", "--ckpt-every", "1",
+        "--seed", "5", "--device", "cpu", "--no-progress", "--max-grad-norm", "0.5",
+    ]  # fmt: skip
+
+
+def test_a_config_file_and_the_same_flags_give_identical_runs(assets, tmp_path):
+    from easytune.cli import main
+    from easytune.generation import load_generator
+
+    assert main(_finetune_flags(assets, tmp_path / "flags")) == 0
+    saved = tmp_path / "flags" / "config.yaml"
+    text = saved.read_text()
+    assert "method: easytune" in text and "k: 2" in text and "weighting: late" in text
+    assert "resume" not in text and "overwrite" not in text  # per-invocation actions are not saved
+    # The saved config alone repeats the run (only --out differs) ...
+    assert main(["finetune", "--config", str(saved), "--out", str(tmp_path / "file"), "--no-progress"]) == 0
+    # ... and a hand-written file with flags overriding some of its values gives the run too.
+    (tmp_path / "mine.yaml").write_text(
+        f"method: draft\nmethod_options: {{k: 2, weighting: late}}\nbase: {assets['base']}\n"
+        f"reward: {assets['reward']}\ndata: {assets['data']}\nsteps: 3\nbatch_size: 2\nlr: 0.5\n"
+        "warmup: 1\nnum_inference_steps: 4\nseed: 5\nmax_grad_norm: 0.5\n"
+    )
+    argv = ["finetune", "--config", str(tmp_path / "mine.yaml"), "--method", "easytune", "--lr", "1e-3",
+            "--out", str(tmp_path / "mixed"), "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    runs = ["flags", "file", "mixed"]
+    metrics = {r: (tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in runs}
+    strip = [[{k: v for k, v in json.loads(line).items() if "time" not in k and "seconds" not in k}
+              for line in metrics[r]] for r in runs]  # fmt: skip
+    assert len(strip[0]) == 3 and strip[0] == strip[1] == strip[2]
+    weights = [load_generator(tmp_path / r / "model.pt").model.state_dict() for r in runs]
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]) and torch.equal(value, weights[2][name]), name
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lr: [1, 2]\n", "lr must be"),
+        ("learning_rate: 1e-3\n", r"unknown keys \['learning_rate'\]"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("steps: 2.5\n", "steps must be"),
+        ("method: dpo\n", "method must be one of"),
+        ("method_options: {k: 2, weighting: sideways}\n", "--weighting of --method easytune must be one of"),
+        ("method: draft\nmethod_options: {weighting: early}\n", "--weighting does not apply to --method"),
+        ("!!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
+        ("steps: [\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_the_file_and_key(tmp_path, capsys, text, message):
+    from easytune.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["finetune", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert str(path) in err or "method" in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_config_field_is_an_option_with_its_default_in_help(capsys):
+    import dataclasses
+
+    from easytune.cli import main
+    from easytune.config import flag_of
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.metadata.get("cli", True):
+            flag = flag_of(f) if f.default is not True else "--no-" + flag_of(f)[2:]
+            assert flag in text, flag
+    assert "--steps STEPS trajectories (default: 100)" in text
+    assert "--method METHOD" in text and "--k K" in text and "--weighting {uniform,early,late}" in text

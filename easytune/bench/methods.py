@@ -31,14 +31,6 @@ import torch
 
 from easytune.errors import ConfigError
 
-METHOD_NAMES = {
-    "easytune": "EasyTune",
-    "draft": "DRaFT",
-    "draftlv": "DRaFTLV",
-    "refl": "ReFL",
-    "drtune": "DRTune",
-    "alignprop": "AlignProp",
-}
 CAPTIONS = (
     "a person walks forward slowly",
     "a person jumps up and down twice",
@@ -53,43 +45,50 @@ CAPTIONS = (
 
 @dataclass(frozen=True)
 class MethodCase:
-    """A method and its step count: ``k`` is EasyTune's / DRaFT's / DRTune's K, ReFL's M, DRaFT-LV's n;
-    None for AlignProp (its truncation is drawn per trajectory) and for each method's default."""
+    """A method and its count (``easytune.methods.registry``: EasyTune's / DRaFT's / DRTune's K, ReFL's M,
+    DRaFT-LV's n; None for AlignProp, which takes none, and for each method's default). ``method`` is
+    stored as the method's label (``EasyTune``: the rows' ``method`` field); any registry name is accepted."""
 
     method: str
     k: int | None = None
 
+    def __post_init__(self) -> None:
+        from easytune.methods import registry
+
+        object.__setattr__(self, "method", registry.info(self.method).label)
+
     @property
     def label(self) -> str:
-        return self.method if self.k is None else f"{self.method}-{self.k}"
+        from easytune.methods import registry
+
+        return registry.label(self.method, self.k)
 
     def build(self) -> Any:
-        from easytune import methods
+        from easytune.methods import registry
 
-        if self.method == "AlignProp":
-            if self.k is not None:
-                raise ConfigError("AlignProp takes no K (its backprop start is drawn per trajectory)")
-            return methods.AlignProp()
-        cls = getattr(methods, self.method)
-        arg = {"ReFL": "m", "DRaFTLV": "n"}.get(self.method, "k")
-        return cls() if self.k is None else cls(**{arg: self.k})
+        entry = registry.info(self.method)
+        if self.k is not None and entry.count is None:
+            raise ConfigError(f"{entry.label} takes no K (its backprop start is drawn per trajectory)")
+        return registry.build(entry.name, **({entry.count: self.k} if self.k is not None else {}))
 
 
 def parse_cases(text: str) -> list[MethodCase]:
-    """``"easytune-10,draft-50,alignprop"`` -> cases; names are case-insensitive (see ``METHOD_NAMES``)."""
+    """``"easytune-10,draft-50,alignprop"`` -> cases: method specs of ``easytune.methods.registry``
+    (case-insensitive), comma-separated."""
+    from easytune.methods import registry
+
     cases = []
     for item in (x.strip() for x in text.split(",")):
         if not item:
             continue
-        name, _, k = item.partition("-")
-        if name.lower() not in METHOD_NAMES:
+        try:
+            name, count = registry.parse_spec(item)
+        except ConfigError as e:
             raise ConfigError(
-                f"--cases: unknown method {name!r} in {item!r}; expected one of {sorted(METHOD_NAMES)} "
-                "optionally followed by -K (e.g. easytune-10)"
-            )
-        if k and not k.isdigit():
-            raise ConfigError(f"--cases: K must be a positive integer in {item!r}")
-        cases.append(MethodCase(METHOD_NAMES[name.lower()], int(k) if k else None))
+                f"--cases: {e} (in {item!r}; expected one of {list(registry.names())} optionally followed by "
+                "-K, e.g. easytune-10)"
+            ) from None
+        cases.append(MethodCase(name, count))
     if not cases:
         raise ConfigError("--cases: no method given")
     return cases

@@ -12,13 +12,10 @@ import sys
 from typing import Any
 
 from easytune.cli._common import DEVICE_HELP
+from easytune.methods.registry import DEFAULT_BENCH_CASES
 from easytune.training.finetune_config import COMPILE_MODES, PRECISIONS
 
 COMPILE_CHOICES = tuple(m for m in COMPILE_MODES if m)
-
-METHOD_DEFAULT_CASES = (
-    "easytune-1,easytune-10,easytune-50,draft-1,draft-5,draft-10,draft-25,draft-50,refl-10,drtune,alignprop"
-)
 
 
 def _csv(text: str) -> list[str]:
@@ -53,9 +50,10 @@ def register(subparsers: Any) -> None:
     )
     m.add_argument(
         "--cases",
-        default=METHOD_DEFAULT_CASES,
-        help="comma-separated NAME[-K]: easytune-K, draft-K, draftlv-N, refl-M, drtune-K, alignprop "
-        f"(default: {METHOD_DEFAULT_CASES})",
+        default=DEFAULT_BENCH_CASES,
+        help="comma-separated method specs NAME[-K]: easytune-K, draft-K, draft-lv-N, refl-M, drtune-K, "
+        "alignprop "
+        f"(default: {DEFAULT_BENCH_CASES})",
     )
     m.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     m.add_argument("--repeats", type=int, default=2, help="timed trainer steps per case (median reported)")

@@ -13,7 +13,6 @@ used because DRaFT-style methods run several forward passes per backward, which 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import torch
 
 from easytune import methods
 from easytune.checkpoint import check_writable_dir, load_checkpoint, save_atomic
+from easytune.config import write_yaml
 from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
 from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
@@ -34,7 +34,6 @@ from easytune.trainer import Trainer
 from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
 from easytune.training.finetune_config import (
     LR_SCHEDULES,
-    METHOD_NAMES,
     RESUME_CHECKED,
     FinetuneConfig,
     field_of,
@@ -45,46 +44,16 @@ from easytune.training.objective import RewardObjective, build_finetuning
 
 __all__ = [
     "LR_SCHEDULES",
-    "METHODS",
     "FinetuneConfig",
     "PromptSampler",
     "RewardObjective",
     "Run",
-    "build_method",
 ]
 
 log = logging.getLogger("easytune.finetune")
 
 # What a run writes into its directory (a directory holding one of them holds a previous run).
 RUN_FILES = ("last.pt", "model.pt", "metrics.jsonl")
-
-METHODS: dict[str, type[methods.Method]] = dict(
-    zip(
-        METHOD_NAMES,
-        (methods.EasyTune, methods.DRaFT, methods.DRaFTLV, methods.ReFL, methods.DRTune, methods.AlignProp),
-        strict=True,
-    )
-)
-
-
-def method_options(name: str) -> list[str]:
-    """The options ``--method name`` accepts (its constructor's keyword arguments)."""
-    if name not in METHODS:
-        raise ConfigError(f"--method must be one of {sorted(METHODS)}, got {name!r}")
-    return [p for p in inspect.signature(METHODS[name].__init__).parameters if p != "self"]
-
-
-def build_method(name: str, **options: Any) -> methods.Method:
-    """``METHODS[name](**options)`` with the unset (None) options left at the method's defaults; an option
-    the method does not take is refused by name."""
-    accepted = method_options(name)
-    given = {k: v for k, v in options.items() if v is not None}
-    for key in given:
-        if key not in accepted:
-            flags = ", ".join(f"--{a}" for a in accepted)
-            raise ConfigError(f"--{key} does not apply to --method {name} (it takes {flags})")
-    return METHODS[name](**given)
-
 
 class PromptSampler:
     """Draws B (caption, length) pairs per step from a split, deterministic in (seed, rank, step)."""
@@ -174,7 +143,7 @@ class Run:
         if cfg.reg_weight > 0:
             anchors = [p.detach().clone() for p in params]
             self.optimizer.register_step_post_hook(_proximal_hook(params, anchors, cfg.reg_weight))
-        self.method = build_method(cfg.method, **cfg.method_options)
+        self.method = methods.build(cfg.method, **cfg.method_options)
         self.gen.scheduler.set_timesteps(cfg.num_inference_steps)
         # The LR is a function of the trajectory (stepped once per Trainer.step, not per update): methods with
         # one update per trajectory and EasyTune with K see the same schedule over the same trajectories.
@@ -320,6 +289,8 @@ class Run:
         cfg = self.cfg
         main = self.info.is_main  # only rank 0 writes run files (other ranks would truncate them)
         metrics = _open_metrics(self.out / "metrics.jsonl", self.history) if main else None
+        if main:  # the resolved options: `easytune finetune --config RUN_DIR/config.yaml` repeats the run
+            write_yaml(cfg, self.out / "config.yaml")
         tb = _tensorboard(self.out) if main else None
         steps = progress(
             range(self.step, cfg.steps),

@@ -1,58 +1,103 @@
-"""``FinetuneConfig``: what ``easytune finetune`` runs, with its defaults.
+"""``FinetuneConfig``: what ``easytune finetune`` runs; its fields are the command's options.
 
-No torch import here: the CLI reads the defaults to build its options and ``easytune --help`` stays fast."""
+The command line is generated from the fields (``easytune.config``); ``--config run.yaml`` sets fields from a
+file (flags given override it) and every run writes its resolved ``config.yaml`` into its run directory.
+No torch import here: the CLI builds its options from this module and ``easytune --help`` stays fast."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
+from easytune.config import flag_of, option
 from easytune.errors import ConfigError
+from easytune.methods import registry
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = (None, "default", "reduce-overhead")  # easytune.trainer.COMPILE_MODES (tested equal)
-# --method names, in the order of the docs table; easytune.training.finetune.METHODS maps them to classes.
-METHOD_NAMES = ("easytune", "draft", "draft-lv", "refl", "drtune", "alignprop")
 LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
 class FinetuneConfig:
-    """What ``finetune`` runs. Checkpoint arguments accept ``default`` (the embedded tiny models)."""
+    """What ``finetune`` runs. Checkpoint arguments accept ``default`` (the embedded tiny models).
+    ``method`` may be a spec (``draft-50``): its count goes into ``method_options``."""
 
-    method: str = "easytune"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    base: str = "default"
-    reward: str = "default"
-    data: str | None = None
-    out: str = "runs/finetune"
-    steps: int = 100
-    batch_size: int = 8
-    lr: float = 1e-5
-    warmup: int = 10
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    guidance_scale: float | None = None
-    num_inference_steps: int = 50
-    reward_weight: float = 1.0
-    precision: str = "fp32"
-    compile: str | None = None
-    checkpoint_frozen: bool = False
-    ema: float | None = None
-    lora_rank: int | None = None
-    lora_alpha: float = 16.0
-    reg_weight: float = 0.0
-    eval_every: int = 0
-    ckpt_every: int = 50
-    time_budget: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    allow_changed: tuple[str, ...] = ()
-    progress: bool = True
+    method: str = option(
+        "easytune", "method name or spec NAME[-K] (easytune.methods.registry)", metavar="METHOD"
+    )
+    method_options: dict[str, Any] = option(
+        help="the method's options (unset: its defaults)", default_factory=dict, cli=False
+    )
+    base: str = option("default", "MLD / MDM checkpoint ('default': embedded tiny MLD)")
+    reward: str = option("default", "reward checkpoint ('default': embedded SPL model)")
+    data: str | None = option(None, "dataset folder for prompts (unset: the base model's)")
+    out: str = option("runs/finetune", "run directory")
+    steps: int = option(100, "trajectories")
+    batch_size: int = option(8, "prompts per trajectory")
+    lr: float = option(1e-5, "peak learning rate")
+    warmup: int = option(10, "linear LR warm-up in trajectories, the same for every method")
+    lr_schedule: str = option(
+        "constant", "after warm-up: constant, or cosine decay to 0 at --steps", choices=LR_SCHEDULES
+    )
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (<= 0 or unset: no clipping)")
+    guidance_scale: float | None = option(None, "CFG scale (unset: the checkpoint's)", flag="--guidance")
+    num_inference_steps: int = option(50, "DDIM steps per trajectory", flag="--inference-steps")
+    reward_weight: float = option(1.0, "scale of the reward loss")
+    precision: str = option(
+        "fp32",
+        "fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast of denoiser, VAE "
+        "and reward model; reward, loss and optimizer state in fp32)",
+        choices=PRECISIONS,
+    )
+    compile: str | None = option(
+        None,
+        "torch.compile the denoiser (no-grad and gradient steps separately); "
+        "reduce-overhead: CUDA graphs for the no-grad steps",
+        choices=tuple(m for m in COMPILE_MODES if m),
+    )
+    checkpoint_frozen: bool = option(
+        False, "activation checkpointing in the frozen VAE decoder and reward model (less memory)"
+    )
+    ema: float | None = option(None, "keep an EMA of the weights with this decay", metavar="DECAY")
+    lora_rank: int | None = option(None, "train LoRA adapters of this rank only (unset: full fine-tuning)")
+    lora_alpha: float = option(16.0, "LoRA scale numerator")
+    reg_weight: float = option(0.0, "pull toward the pretrained weights (against reward hacking)")
+    evaluator: str | None = option(None, "evaluator checkpoint for periodic evaluation")
+    eval_every: int = option(0, "evaluate every N trajectories (needs --evaluator; 0: never)")
+    eval_samples: int = option(64, "prompts per periodic evaluation")
+    ckpt_every: int = option(50, "write last.pt every N trajectories (0: at the end only)")
+    time_budget: float | None = option(None, "stop after this many seconds", metavar="SECONDS")
+    seed: int = option(0, "seed of prompts, noise and method draws")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when available, else the CPU)")
+    resume: bool = option(False, "continue RUN_DIR/last.pt exactly", saved=False)
+    overwrite: bool = option(False, "replace a previous run in RUN_DIR", saved=False)
+    allow_changed: tuple[str, ...] = option(
+        help="with --resume: let this option differ from the saved run (logged)",
+        default_factory=tuple,
+        metavar="OPTION",
+        saved=False,
+    )
+    progress: bool = option(True, "progress bar", saved=False)
+
+    def __post_init__(self) -> None:
+        self.method_options = dict(self.method_options)
+        name, count = registry.parse_spec(self.method)
+        if count is not None:
+            arg = registry.info(name).count
+            given = self.method_options.get(arg)
+            if given is not None and given != count:
+                raise ConfigError(
+                    f"--method {self.method} sets --{arg} {count}, but --{arg} {given} is given"
+                )
+            self.method_options[arg] = count
+        self.method = name
+        if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
+            self.max_grad_norm = None  # <= 0: no clipping (NaN stays and is refused below)
+        self.allow_changed = tuple(self.allow_changed)
+        self.validate()
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -61,11 +106,9 @@ class FinetuneConfig:
             raise ConfigError(f"--warmup must be >= 0 trajectories, got {self.warmup}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
-        from easytune.training.finetune import build_method  # (imports torch: only when validating)
-
-        build_method(self.method, **self.method_options)  # unknown method / inapplicable option: refused
+        _check_method_options(self.method, self.method_options)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.compile not in COMPILE_MODES:
@@ -91,16 +134,42 @@ class FinetuneConfig:
         for name, value, low in (
             ("--ckpt-every", self.ckpt_every, 0),
             ("--eval-every", self.eval_every, 0),
+            ("--eval-samples", self.eval_samples, 1),
             ("--inference-steps", self.num_inference_steps, 1),
         ):
             if value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value}")
+        if self.eval_every and not self.evaluator:
+            raise ConfigError(
+                f"--eval-every {self.eval_every} needs --evaluator CKPT (what to evaluate with)"
+            )
         unknown = [o for o in self.allow_changed if field_of(o) is None]
         if unknown:
             raise ConfigError(
                 f"--allow-changed: {unknown} are not options a resume compares; choose among "
                 f"{sorted(flag(k) for k in RESUME_CHECKED)}"
             )
+
+
+def _check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Names, types and choices of the method's options, from the registry (ranges: the method's own
+    constructor, when the run builds it)."""
+    entry = registry.info(method)
+    accepted = {o.name: o for o in entry.options}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            flags = ", ".join(f"--{a}" for a in accepted)
+            raise ConfigError(f"--{key} does not apply to --method {entry.name} (it takes {flags})")
+        opt = accepted[key]
+        ok = isinstance(value, opt.type) and not isinstance(value, bool)
+        if opt.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"--{key} of --method {entry.name} must be {opt.type.__name__}, got {value!r}")
+        if opt.choices and value not in opt.choices:
+            raise ConfigError(f"--{key} of --method {entry.name} must be one of {opt.choices}, got {value!r}")
 
 
 # Options a --resume compares with the saved run (anything else may change: --steps, --out, --device, when to
@@ -112,13 +181,9 @@ RESUME_CHECKED = (
 )  # fmt: skip
 
 
-# Command-line flags whose name is not the field's (``--`` + the field with dashes otherwise).
-FLAGS = {"num_inference_steps": "--inference-steps", "guidance_scale": "--guidance"}
-
-
 def flag(field_name: str) -> str:
     """The ``easytune finetune`` flag of a ``FinetuneConfig`` field."""
-    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+    return flag_of(next(f for f in fields(FinetuneConfig) if f.name == field_name))
 
 
 def field_of(option: str) -> str | None:
