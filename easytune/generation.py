@@ -183,6 +183,8 @@ def load_generator(
     from easytune.data.humanml import load_mean_std
     from easytune.diffusion import DDIMScheduler
     from easytune.models import MDM, MLD
+    from easytune.models.mdm import DEFAULT_GUIDANCE as MDM_GUIDANCE
+    from easytune.models.mld import DEFAULT_GUIDANCE as MLD_GUIDANCE
     from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
     from easytune.text import build_text_encoder
 
@@ -236,7 +238,7 @@ def load_generator(
             path,
             kind,
         )
-    guidance = float(config.get("guidance_scale", 7.5 if kind == "mld" else 2.5))
+    guidance = float(config.get("guidance_scale", MLD_GUIDANCE if kind == "mld" else MDM_GUIDANCE))
     return Generator(
         kind=kind,
         model=model,

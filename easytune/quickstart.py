@@ -19,7 +19,6 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +26,12 @@ import numpy as np
 import torch
 
 from easytune.checkpoint import ASSETS
-from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
+from easytune.quickstart_config import QuickstartConfig
 
 log = logging.getLogger("easytune.quickstart")
 
 BUILD_SCRIPT = ASSETS / "build_assets.sh"
-
-
-@dataclass
-class QuickstartConfig:
-    """Sizes of the comparison; the defaults take about ten minutes on a 2-core CPU."""
-
-    out: str = "runs/quickstart"
-    data: str | None = None
-    budget_s: float = 180.0
-    k: int = 10
-    batch_size: int = 8
-    lr: float = 2e-5
-    warmup: int = 2  # trajectories (the same LR schedule for both methods, see docs/methods.md)
-    inference_steps: int = 50
-    eval_replications: int = 1
-    seed: int = 0
-    gif_prompts: int = 3
-    base: str = "default"
-    reward: str = "default"
-    evaluator: str = "default"
 
 
 def cache_dir() -> Path:
@@ -235,7 +214,3 @@ def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(rows, indent=2))
 
 
-def check_config(cfg: QuickstartConfig) -> None:
-    if cfg.budget_s <= 0 or cfg.k < 1 or cfg.batch_size < 1:
-        raise ConfigError(f"quickstart: --budget-s, --k and --batch-size must be positive, got "
-                          f"{cfg.budget_s}, {cfg.k}, {cfg.batch_size}")

@@ -100,9 +100,3 @@ def progress(
     from tqdm.auto import tqdm
 
     return iter(tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False))
-
-
-def infinite(loader: Iterable[T]) -> Iterator[T]:
-    """Cycle over a data loader forever (re-iterating it, so shuffling changes per epoch)."""
-    while True:
-        yield from loader

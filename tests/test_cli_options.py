@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 import pytest
 import torch
@@ -105,3 +106,27 @@ def test_version_and_python_dash_m(capsys):
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"easytune {__version__}"
     proc = subprocess.run([sys.executable, "-m", "easytune", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"easytune {__version__}"
+
+
+def test_quickstart_options_come_from_its_config_and_bad_values_are_named(tmp_path, capsys):
+    import dataclasses
+
+    from easytune.config import flag_of
+    from easytune.quickstart_config import QuickstartConfig
+
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(flag_of(f) in text for f in dataclasses.fields(QuickstartConfig))
+    assert "--budget-s BUDGET_S training seconds per method (default: 180.0)" in text
+    for argv, message in [
+        (["--budget-s", "nan"], r"--budget-s must be a finite number in \(0, inf\) seconds, got nan"),
+        (["--k", "0"], "--k must be an integer >= 1, got 0"),
+        (["--lr", "-1"], "--lr must be a finite number"),
+    ]:
+        assert main(["quickstart", "--out", str(tmp_path / "q"), *argv]) == 2
+        assert re.search(message, capsys.readouterr().err), argv
+    (tmp_path / "q.yaml").write_text("budget_s: 0\n")
+    assert main(["quickstart", "--config", str(tmp_path / "q.yaml")]) == 2
+    assert "--budget-s must be" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

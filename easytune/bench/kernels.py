@@ -32,6 +32,7 @@ from easytune.bench.ceilings import parse_dtype, throughput
 from easytune.bench.results import add_speedups
 from easytune.bench.timing import TimingStats, bench
 from easytune.errors import ConfigError
+from easytune.models.presets import MLD_SCHEDULER
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("attention", "guided_step", "reward_head")
@@ -373,6 +374,13 @@ def _varlen_cases(case, q, k, v, lengths, valid, name, device, tdtype) -> list[K
 # --------------------------------------------------------------------------------------------- guided_step
 
 
+def _mld_alphas_cumprod() -> torch.Tensor:
+    """The MLD preset's cumulative alphas (float32 like diffusers', as float64)."""
+    from easytune.diffusion import DDIMScheduler
+
+    return DDIMScheduler(**MLD_SCHEDULER).alphas_cumprod.double()
+
+
 def guided_step_cases(
     sample_shape: Sequence[int],
     device: str | torch.device,
@@ -387,8 +395,7 @@ def guided_step_cases(
     name = "x".join(str(s) for s in sample_shape)
     g = torch.Generator().manual_seed(seed)
     base = [torch.randn(*sample_shape, generator=g, dtype=torch.float64) for _ in range(3)]
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    alphas_cumprod = _mld_alphas_cumprod()
     t, t_prev = 781, 761  # DDIM 50 steps, steps_offset 1: 981, 961, ..., 1
     B = sample_shape[0]
     a_t, a_prev = alphas_cumprod[t].repeat(B), alphas_cumprod[t_prev].repeat(B)
@@ -455,15 +462,7 @@ def guided_step_cases(
     except ImportError as err:
         out.append(Skipped("guided_step", "diffusers", name, f"diffusers is not installed ({err})"))
         return out
-    sched = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        beta_schedule="scaled_linear",
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    sched = DDIMScheduler(**MLD_SCHEDULER)
     sched.set_timesteps(50)
     if int(sched.timesteps[10]) != t:
         raise ConfigError(f"diffusers DDIM timesteps changed: step 10 is {int(sched.timesteps[10])}, not {t}")

@@ -251,11 +251,6 @@ def qinv(q: torch.Tensor) -> torch.Tensor:
 
 
 @numpy_compatible
-def qnormalize(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions [..., 4]."""
-    return q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-
-
 @numpy_compatible
 def qmul(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Hamilton product ``q * r`` (apply r, then q). [..., 4] x [..., 4] (broadcast) -> [..., 4]."""

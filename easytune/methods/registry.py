@@ -109,7 +109,7 @@ def info(name: str) -> MethodInfo:
     key = name.strip().lower()
     entry = _BY_NAME.get(_ALIASES.get(key, key))
     if entry is None:
-        raise ConfigError(f"method must be one of {list(names())}, got {name!r}")
+        raise ConfigError(f"unknown method {name!r}: the method must be one of {list(names())}")
     return entry
 
 

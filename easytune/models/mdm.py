@@ -26,7 +26,7 @@ from easytune.ops.lengths import offset
 
 log = logging.getLogger("easytune.models")
 
-DEFAULT_GUIDANCE = 2.5
+DEFAULT_GUIDANCE = 2.5  # MDM's classifier-free guidance scale (a checkpoint's own value wins)
 
 
 @dataclass

@@ -33,6 +33,8 @@ from easytune.ops.lengths import offset
 
 log = logging.getLogger("easytune.models")
 
+DEFAULT_GUIDANCE = 7.5  # MLD's classifier-free guidance scale (a checkpoint's own value wins)
+
 
 @dataclass
 class VAEConfig:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from easytune.config import check_number as _number
 from easytune.config import flag_of, option
 from easytune.errors import ConfigError
 from easytune.methods import registry
@@ -193,28 +194,3 @@ def field_of(option: str) -> str | None:
         if text in (name, flag(name), flag(name).lstrip("-")):
             return name
     return None
-
-
-def _number(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    what: str = "",
-) -> None:
-    """Refuse a non-number, NaN, inf or a value outside the range, naming the option and the range."""
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    accepted = f"{lo or '(-inf'}, {hi or 'inf)'}"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        raise ConfigError(
-            f"{name} must be a finite number in {accepted}{' ' + what if what else ''}, got {value!r}"
-        )
