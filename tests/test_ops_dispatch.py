@@ -247,3 +247,27 @@ def test_the_entry_points_keys_hold_every_input_their_validation_reads():
                 bad()
     assert dispatch.cached("reward_head", None, (dispatch.tensor_key(x), dispatch.tensor_key(x))) is not None
     assert dispatch.cached("reward_head", "math", (dispatch.tensor_key(x), dispatch.tensor_key(x))) is None
+
+
+def test_compiled_ops_trace_once_and_count_their_backend():
+    """The dispatch bookkeeping must not be guarded on by Dynamo: a compiled function calling the ops is
+    compiled once, however often it runs (a counter read in the graph recompiled it at every call)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    q = torch.randn(2, 2, 5, 16)
+    x, a = torch.randn(2, 3), torch.rand(2)
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def f(q, x):
+        out = ops.attention(q, q, q)
+        return out.sum() + ops.guided_step(x, x, x, a, a, guidance_scale=2.0)[2].sum() + ops.reward_head(x, x)
+
+    dispatch.call_counts(reset=True)
+    results = [f(q, x) for _ in range(4)]
+    assert counter.frame_count == 1
+    assert all(torch.equal(r, results[0]) for r in results)
+    counts = dispatch.call_counts()
+    assert set(counts) == {"attention", "guided_step", "reward_head"}
+    torch._dynamo.reset()

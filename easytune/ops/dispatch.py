@@ -179,7 +179,8 @@ def register(
 
 def call_counts(reset: bool = False) -> dict[str, dict[str, int]]:
     """``{op: {backend: calls}}``: how often each backend ran each op through ``resolve`` since the start
-    (or the last ``reset``): what benchmark rows record as the backends actually used."""
+    (or the last ``reset``): what benchmark rows record as the backends actually used. Compiled code counts
+    once per trace (its choice is a constant of the graph), eager code once per call."""
     out: dict[str, dict[str, int]] = {}
     for impl, n in zip(_IMPLS, _COUNTS):
         if n:
@@ -287,25 +288,29 @@ def resolve(
     Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
     dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
     """
-    if _compiling():  # traced once: the choice becomes a constant of the graph
-        index = _choose(op, backend, validate, **inputs)
-    else:  # eager: one signature and one dictionary lookup
-        if key is None:
-            sig = _signature(op, backend, inputs)
-        else:
-            sig = (op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32(), key)
-        index = _CACHE.get(sig)
-        if index is None:
-            index = _fill(sig, op, backend, validate, inputs)
+    if _compiling():  # traced once: the choice becomes a constant of the graph (counted by _choose)
+        return _IMPLS[_choose(op, backend, validate, **inputs)]
+    if key is None:  # eager: one signature and one dictionary lookup
+        sig = _signature(op, backend, inputs)
+    else:
+        sig = (op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32(), key)
+    index = _CACHE.get(sig)
+    if index is None:
+        index = _fill(sig, op, backend, validate, inputs)
     _COUNTS[index] += 1
     return _IMPLS[index]
 
 
 @torch.compiler.assume_constant_result
 def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, **inputs: Any) -> int:
+    """The choice under ``torch.compile``: run (for real) once per trace, its result a constant of the graph.
+    The call counter is bumped here, once per trace: a counter read by compiled code would be guarded on
+    and recompile the graph at every call."""
     key = _signature(op, backend, inputs)
     index = _CACHE.get(key)
-    return _fill(key, op, backend, validate, inputs) if index is None else index
+    index = _fill(key, op, backend, validate, inputs) if index is None else index
+    _COUNTS[index] += 1
+    return index
 
 
 def _fill(
