@@ -26,7 +26,7 @@ cuda-build:
 	else echo "nvcc or cmake not found: skipping the csrc/ compile check"; fi
 
 # The gpu-check dry run comes first so that pytest's summary is the last line CI prints.
-test: setup cuda-build gpu-check-dry
+test: setup lint cuda-build gpu-check-dry
 	TRITON_INTERPRET=1 OMP_NUM_THREADS=$(JOBS) $(VENV)/bin/pytest -q tests
 
 # Every GPU test and benchmark in one unattended pass on a bare GPU machine (no install: runs from this
@@ -40,6 +40,7 @@ gpu-check-dry: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(VENV)/bin/pytest bench/ -q --benchmark-json=bench/results/latest.json
