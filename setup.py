@@ -36,12 +36,17 @@ def _build_cuda_library() -> Path | None:
     """CMake-builds ``libeasytune_cuda.so`` (architectures: ``EASYTUNE_CUDA_ARCHS``, see CMakeLists.txt);
     None, with the reason on stderr, when the toolchain or the sources are missing or the build fails."""
     if not (ROOT / "CMakeLists.txt").is_file() or not (ROOT / "csrc").is_dir():
-        print("easytune: EASYTUNE_BUILD_CUDA=1 but CMakeLists.txt or csrc/ is not in this source tree; "
-              "skipping the CUDA library", file=sys.stderr)
+        print(
+            "easytune: EASYTUNE_BUILD_CUDA=1 but CMakeLists.txt or csrc/ is not in this source tree; "
+            "skipping the CUDA library",
+            file=sys.stderr,
+        )
         return None
     if shutil.which("cmake") is None or shutil.which("nvcc") is None:
-        print("easytune: EASYTUNE_BUILD_CUDA=1 but cmake or nvcc is missing; skipping the CUDA library",
-              file=sys.stderr)
+        print(
+            "easytune: EASYTUNE_BUILD_CUDA=1 but cmake or nvcc is missing; skipping the CUDA library",
+            file=sys.stderr,
+        )
         return None
     build_dir = ROOT / "build" / "csrc"
     configure = ["cmake", "-S", str(ROOT), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
@@ -50,8 +55,9 @@ def _build_cuda_library() -> Path | None:
         subprocess.run(configure, check=True)
         subprocess.run(build, check=True)
     except (OSError, subprocess.CalledProcessError) as err:
-        print(f"easytune: building csrc/ failed ({err}); the cuda backend will be unavailable",
-              file=sys.stderr)
+        print(
+            f"easytune: building csrc/ failed ({err}); the cuda backend will be unavailable", file=sys.stderr
+        )
         return None
     lib = build_dir / "libeasytune_cuda.so"
     return lib if lib.is_file() else None

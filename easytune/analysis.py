@@ -195,6 +195,7 @@ def jacobian_norms(
         residual = bound / (2 * theta).clamp_min(torch.finfo(torch.float64).tiny)  # d sigma / sigma
         fro = fro_se = None
         if probes:
+
             def probe() -> torch.Tensor:
                 z = torch.randint(0, 2, y.shape, generator=generator).to(device=x.device, dtype=y.dtype)
                 return _per_sample_norm(vjp(2 * z - 1)).double() ** 2
@@ -203,8 +204,13 @@ def jacobian_norms(
             fro = sq.mean(0).sqrt()
             se_sq = sq.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(fro, float("nan"))
             fro_se = se_sq / (2 * fro.clamp_min(torch.finfo(torch.float64).tiny))  # delta method
-    return JacobianNorms(sigma.detach(), residual.detach(), None if fro is None else fro.detach(),
-                         None if fro_se is None else fro_se.detach(), x[0].numel())
+    return JacobianNorms(
+        sigma.detach(),
+        residual.detach(),
+        None if fro is None else fro.detach(),
+        None if fro_se is None else fro_se.detach(),
+        x[0].numel(),
+    )
 
 
 @dataclass
@@ -315,8 +321,9 @@ def _stack(norms: list[JacobianNorms]) -> JacobianNorms:
         vals = [getattr(n, name) for n in norms]
         return None if vals[0] is None else torch.stack(vals).cpu().double()
 
-    return JacobianNorms(cat("spectral"), cat("spectral_residual"), cat("frobenius"), cat("frobenius_se"),
-                         norms[0].dim)
+    return JacobianNorms(
+        cat("spectral"), cat("spectral_residual"), cat("frobenius"), cat("frobenius_se"), norms[0].dim
+    )
 
 
 def analyze_trajectory(
@@ -345,8 +352,12 @@ def analyze_trajectory(
 
 def _stats(values: torch.Tensor) -> dict[str, float]:
     v = values.double().flatten()
-    return {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()) if v.numel() > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def summarize(analyses: Sequence[TrajectoryAnalysis], *, iters: int, probes: int) -> dict[str, Any]:
@@ -397,7 +408,8 @@ def summarize(analyses: Sequence[TrajectoryAnalysis], *, iters: int, probes: int
             "output_spectral": "largest singular value of d (guided model output) / d x_t (eps for epsilon "
             "prediction), same estimator",
             "jacobian_frobenius_rms": f"Hutchinson estimate of |J|_F / sqrt(dim) ({probes} Rademacher probes)"
-            if probes else None,
+            if probes
+            else None,
             "cumulative_product": "prod over steps j >= t of the spectral norm (Corollary-1 bound on "
             "|d x_0 / d x_t|)",
             "signal_gain": "measured |dR/dx_t| / |dR/dx_0| along the DRaFT-K backward pass (<= cumulative)",
@@ -419,9 +431,12 @@ def summarize(analyses: Sequence[TrajectoryAnalysis], *, iters: int, probes: int
 
 def format_table(summary: dict[str, Any]) -> str:
     """A fixed-width table of ``summarize``'s rows (means over samples / trajectories)."""
-    head = (f"{'step':>4} {'t':>5} {'|J|_2':>8} {'|J|_F/vd':>8} {'|deps|_2':>9} {'cum.prod':>10} "
-            f"{'dR gain':>9} {'|g_t|':>10} {'share':>7} {'cos':>6}")
+    head = (
+        f"{'step':>4} {'t':>5} {'|J|_2':>8} {'|J|_F/vd':>8} {'|deps|_2':>9} {'cum.prod':>10} "
+        f"{'dR gain':>9} {'|g_t|':>10} {'share':>7} {'cos':>6}"
+    )
     lines = [head, "-" * len(head)]
+
     def fmt(stats: dict[str, float] | None, spec: str) -> str:
         return "-" if stats is None else format(stats["mean"], spec)
 
@@ -434,9 +449,11 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{fmt(r['grad_cosine'], '6.3f'):>6}"
         )
     g = summary["gradient"]
-    lines.append(f"K = {summary['k']}, {summary['trajectories']} trajectories, {summary['samples']} samples; "
-                 f"mean |g| = {g['total_norm']['mean']:.4e}; "
-                 f"max |sum_t g_t - g| / |g| = {g['residual_max']:.2e}")
+    lines.append(
+        f"K = {summary['k']}, {summary['trajectories']} trajectories, {summary['samples']} samples; "
+        f"mean |g| = {g['total_norm']['mean']:.4e}; "
+        f"max |sum_t g_t - g| / |g| = {g['residual_max']:.2e}"
+    )
     return "\n".join(lines)
 
 
@@ -446,8 +463,9 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
     try:
         import matplotlib
     except ImportError as err:
-        raise ConfigError(f"{path}: plotting needs matplotlib (pip install matplotlib); "
-                          "pass --no-plot to skip the figure") from err
+        raise ConfigError(
+            f"{path}: plotting needs matplotlib (pip install matplotlib); pass --no-plot to skip the figure"
+        ) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -455,8 +473,14 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
     idx = [r["index"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     mean = [r["jacobian_spectral"]["mean"] for r in rows]
-    ax1.errorbar(idx, mean, yerr=[r["jacobian_spectral"]["std"] for r in rows], fmt="o-", ms=3,
-                 label="|d x_(t-1)/d x_t|_2")
+    ax1.errorbar(
+        idx,
+        mean,
+        yerr=[r["jacobian_spectral"]["std"] for r in rows],
+        fmt="o-",
+        ms=3,
+        label="|d x_(t-1)/d x_t|_2",
+    )
     ax1.plot(idx, [r["output_spectral"]["mean"] for r in rows], "s--", ms=3, label="|d out/d x_t|_2")
     ax1.plot(idx, [r["cumulative_product"]["mean"] for r in rows], "k:", label="cumulative product")
     ax1.set_yscale("log")
@@ -464,8 +488,11 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
     ax1.set_title("input-Jacobian norm per step")
     ax1.legend(fontsize=8)
     tail = [r for r in rows if r["grad_share"] is not None]
-    ax2.bar([r["index"] for r in tail], [r["grad_share"]["mean"] for r in tail],
-            yerr=[r["grad_share"]["std"] for r in tail])
+    ax2.bar(
+        [r["index"] for r in tail],
+        [r["grad_share"]["mean"] for r in tail],
+        yerr=[r["grad_share"]["std"] for r in tail],
+    )
     ax2.set_xlabel("step index (0 = x_T)")
     ax2.set_title(f"share of the DRaFT-{summary['k']} gradient |g_t| / sum |g_j|")
     fig.tight_layout()

@@ -83,8 +83,16 @@ def _evaluate(gen: Generator, reward_model: Any, evaluator: Any, data: Path, cfg
 
 def _row(method: str, ev: dict, **extra: Any) -> dict[str, Any]:
     m = ev["generated"]
-    return {"method": method, "reward": ev["reward"], "r1": m.get("R@1"), "r3": m.get("R@3"),
-            "fid": m.get("FID"), "mm_dist": m.get("MM-Dist"), "diversity": m.get("Diversity"), **extra}
+    return {
+        "method": method,
+        "reward": ev["reward"],
+        "r1": m.get("R@1"),
+        "r3": m.get("R@3"),
+        "fid": m.get("FID"),
+        "mm_dist": m.get("MM-Dist"),
+        "diversity": m.get("Diversity"),
+        **extra,
+    }
 
 
 def _activation_bytes(run: Any, cfg: QuickstartConfig) -> int:
@@ -137,15 +145,30 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     for method in ("easytune", "draft"):
         print(f"fine-tuning with {method} (K={cfg.k}) for {cfg.budget_s:.0f} s ...")
         ft = FinetuneConfig(
-            method=method, method_options={"k": cfg.k}, base=ckpts["mld_tiny"], reward=ckpts["reward"],
-            data=str(data), out=str(out / method), steps=10**6, batch_size=cfg.batch_size, lr=cfg.lr,
-            warmup=cfg.warmup, num_inference_steps=cfg.inference_steps, ckpt_every=0,
-            time_budget=cfg.budget_s, seed=cfg.seed, device="cpu", progress=False, overwrite=True,
+            method=method,
+            method_options={"k": cfg.k},
+            base=ckpts["mld_tiny"],
+            reward=ckpts["reward"],
+            data=str(data),
+            out=str(out / method),
+            steps=10**6,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            warmup=cfg.warmup,
+            num_inference_steps=cfg.inference_steps,
+            ckpt_every=0,
+            time_budget=cfg.budget_s,
+            seed=cfg.seed,
+            device="cpu",
+            progress=False,
+            overwrite=True,
         )
         run = Run(ft)
         history = run.train()
-        print(f"  {len(history)} trajectories, {sum(h['updates'] for h in history):.0f} updates, "
-              f"final-step reward {history[0]['reward_last']:.3f} -> {history[-1]['reward_last']:.3f}")
+        print(
+            f"  {len(history)} trajectories, {sum(h['updates'] for h in history):.0f} updates, "
+            f"final-step reward {history[0]['reward_last']:.3f} -> {history[-1]['reward_last']:.3f}"
+        )
         model_path = run.export()
         peak = _activation_bytes(run, cfg)
         tuned = load_generator(model_path, data=data)
@@ -153,9 +176,18 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
         runs[method] = (run, history)
         ev = _evaluate(tuned, reward_model, evaluator, data, cfg)
         updates = sum(h["updates"] for h in history)
-        rows.append(_row(method, ev, k=cfg.k, trajectories=len(history), updates=int(updates),
-                         train_seconds=run.elapsed, seconds_per_update=run.elapsed / max(updates, 1),
-                         activation_bytes=peak))
+        rows.append(
+            _row(
+                method,
+                ev,
+                k=cfg.k,
+                trajectories=len(history),
+                updates=int(updates),
+                train_seconds=run.elapsed,
+                seconds_per_update=run.elapsed / max(updates, 1),
+                activation_bytes=peak,
+            )
+        )
     # A common level both methods' curves are compared at: halfway from the start to the lower final reward.
     start = np.mean([h["reward_last"] for _, hist in runs.values() for h in hist[:5]])
     finals = [np.mean([h["reward_last"] for h in hist[-5:]]) for _, hist in runs.values()]
@@ -163,8 +195,16 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     for row in rows[1:]:
         row["reward_level"] = level
         row["seconds_to_level"] = time_to_level(runs[row["method"]][1], level)
-    rows.append({"method": "ground truth", "r1": gt.get("R@1"), "r3": gt.get("R@3"), "fid": gt.get("FID"),
-                 "mm_dist": gt.get("MM-Dist"), "diversity": gt.get("Diversity")})
+    rows.append(
+        {
+            "method": "ground truth",
+            "r1": gt.get("R@1"),
+            "r3": gt.get("R@3"),
+            "fid": gt.get("FID"),
+            "mm_dist": gt.get("MM-Dist"),
+            "diversity": gt.get("Diversity"),
+        }
+    )
     _write_gifs(models, data, out, cfg, render_motions)
     return rows
 
@@ -189,11 +229,19 @@ def _write_gifs(models: dict[str, Generator], data: Path, out: Path, cfg: Quicks
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The paper-style table of ``run_quickstart``'s rows."""
-    cols = [("method", "method", "{}"), ("reward", "reward", "{:.3f}"), ("R@1", "r1", "{:.3f}"),
-            ("R@3", "r3", "{:.3f}"), ("FID", "fid", "{:.3f}"), ("MM-Dist", "mm_dist", "{:.3f}"),
-            ("Div", "diversity", "{:.3f}"), ("act MB", "activation_bytes", "{:.1f}"),
-            ("s/update", "seconds_per_update", "{:.2f}"), ("updates", "updates", "{}"),
-            ("s to level", "seconds_to_level", "{:.0f}")]
+    cols = [
+        ("method", "method", "{}"),
+        ("reward", "reward", "{:.3f}"),
+        ("R@1", "r1", "{:.3f}"),
+        ("R@3", "r3", "{:.3f}"),
+        ("FID", "fid", "{:.3f}"),
+        ("MM-Dist", "mm_dist", "{:.3f}"),
+        ("Div", "diversity", "{:.3f}"),
+        ("act MB", "activation_bytes", "{:.1f}"),
+        ("s/update", "seconds_per_update", "{:.2f}"),
+        ("updates", "updates", "{}"),
+        ("s to level", "seconds_to_level", "{:.0f}"),
+    ]
     widths = [max(len(h), 12) for h, _, _ in cols]
     lines = ["".join(f"{h:>{w}}" for (h, _, _), w in zip(cols, widths))]
     for row in rows:
@@ -212,5 +260,3 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(rows, indent=2))
-
-

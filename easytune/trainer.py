@@ -353,9 +353,7 @@ class Trainer:
         owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)  # a module or an object owning it
         named = getattr(owner, "named_parameters", None)
         names = {id(p): n for n, p in named()} if callable(named) else {}
-        bad = next(
-            (i, p) for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all())
-        )
+        bad = next((i, p) for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all()))
         name = names.get(id(bad[1]), f"parameter #{bad[0]} of the optimizer, shape {tuple(bad[1].shape)}")
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         causes = []

@@ -49,31 +49,70 @@ def _cases(dtype: str, every_config: bool) -> Iterator[tuple[str, triton.JITFunc
     fwd = dict(Q=t, K=t, V=t, O=t, LSE=f32, **lengths)
     dkdv = dict(Q=t, K=t, V=t, DO=t, LSE=f32, DELTA=f32, DK=t, DV=t, **lengths)
     dq = dict(Q=t, K=t, V=t, DO=t, LSE=f32, DELTA=f32, DQ=t, **lengths)
-    tiles = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-             for c in attention._configs()]
+    tiles = [
+        (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in attention._configs()
+    ]
     for head_dim in (32, 64, 128) if every_config else (64,):
         for bm, bn, warps, stages in tiles if every_config else [(64, 64, 4, 2)]:
             for dropout in (False, True) if every_config else (True,):
-                const = dict(HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, FP32_OPERANDS=False,
-                             PRECISION="ieee", DROPOUT=dropout)
+                const = dict(
+                    HEAD_DIM=head_dim,
+                    BLOCK_M=bm,
+                    BLOCK_N=bn,
+                    FP32_OPERANDS=False,
+                    PRECISION="ieee",
+                    DROPOUT=dropout,
+                )
                 label = f"D={head_dim} {bm}x{bn} w{warps} dropout={dropout}"
-                for name, kernel, ptrs in (("attention fwd", attention._fwd_kernel, fwd),
-                                           ("attention dkdv", attention._dkdv_kernel, dkdv),
-                                           ("attention dq", attention._dq_kernel, dq)):
+                for name, kernel, ptrs in (
+                    ("attention fwd", attention._fwd_kernel, fwd),
+                    ("attention dkdv", attention._dkdv_kernel, dkdv),
+                    ("attention dq", attention._dq_kernel, dq),
+                ):
                     yield f"{name} {label}", kernel.fn, ptrs, const, warps, stages
-    yield ("attention delta", attention._delta_kernel, dict(O=t, DO=t, DELTA=f32),
-           dict(HEAD_DIM=64, BLOCK_M=64), 4, 1)
+    yield (
+        "attention delta",
+        attention._delta_kernel,
+        dict(O=t, DO=t, DELTA=f32),
+        dict(HEAD_DIM=64, BLOCK_M=64),
+        4,
+        1,
+    )
     step = dict(C=t, U=t, X=t, NOISE=t, A_T=f32, A_PREV=f32, G=t, X0=t, PREV=t)
     step_grad = dict(DG=t, DX0=t, DPREV=t, A_T=f32, A_PREV=f32, DC=t, DU=t, DX=t)
     for pred in (0, 1, 2) if every_config else (2,):
-        yield (f"guided_step fwd pred={pred}", guided_step._fwd_kernel.fn, step,
-               dict(HAS_UNCOND=True, HAS_NOISE=True, PRED=pred, BLOCK=2048), 8, 1)
-        yield (f"guided_step bwd pred={pred}", guided_step._bwd_kernel.fn, step_grad,
-               dict(HAS_DG=True, HAS_DX0=True, HAS_DPREV=True, HAS_UNCOND=True, PRED=pred, BLOCK=2048), 8, 1)
-    yield ("reward_head fwd", reward_head._fwd_kernel, dict(M=t, T=t, COS=t, STATS=f32),
-           dict(BLOCK_B=16, BLOCK_D=256), 8, 1)
-    yield ("reward_head bwd", reward_head._bwd_kernel, dict(GRAD=t, M=t, T=t, STATS=f32, DM=t, DT=t),
-           dict(BLOCK_B=16, BLOCK_D=256), 8, 1)
+        yield (
+            f"guided_step fwd pred={pred}",
+            guided_step._fwd_kernel.fn,
+            step,
+            dict(HAS_UNCOND=True, HAS_NOISE=True, PRED=pred, BLOCK=2048),
+            8,
+            1,
+        )
+        yield (
+            f"guided_step bwd pred={pred}",
+            guided_step._bwd_kernel.fn,
+            step_grad,
+            dict(HAS_DG=True, HAS_DX0=True, HAS_DPREV=True, HAS_UNCOND=True, PRED=pred, BLOCK=2048),
+            8,
+            1,
+        )
+    yield (
+        "reward_head fwd",
+        reward_head._fwd_kernel,
+        dict(M=t, T=t, COS=t, STATS=f32),
+        dict(BLOCK_B=16, BLOCK_D=256),
+        8,
+        1,
+    )
+    yield (
+        "reward_head bwd",
+        reward_head._bwd_kernel,
+        dict(GRAD=t, M=t, T=t, STATS=f32, DM=t, DT=t),
+        dict(BLOCK_B=16, BLOCK_D=256),
+        8,
+        1,
+    )
 
 
 def _registers(cubin: bytes) -> str:
@@ -101,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn, pointers, constexprs, warps, stages in _cases(args.dtype, args.all):
         source = ASTSource(fn=fn, signature=_signature(fn, pointers, constexprs), constexprs=constexprs)
         try:
-            kernel = triton.compile(source, target=GPUTarget("cuda", args.arch, 32),
-                                    options=dict(num_warps=warps, num_stages=stages))
+            kernel = triton.compile(
+                source,
+                target=GPUTarget("cuda", args.arch, 32),
+                options=dict(num_warps=warps, num_stages=stages),
+            )
         except Exception as err:  # noqa: BLE001 - report every kernel, then fail
             failed += 1
             print(f"FAIL {label}: {type(err).__name__}: {err}")

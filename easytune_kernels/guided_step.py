@@ -61,8 +61,24 @@ def _coefficients(A_T, A_PREV, b, eta, PRED: tl.constexpr):
 
 @triton.autotune(configs=_configs(), key=["N"])
 @triton.jit
-def _fwd_kernel(C, U, X, NOISE, A_T, A_PREV, G, X0, PREV, N, w, eta,
-                HAS_UNCOND: tl.constexpr, HAS_NOISE: tl.constexpr, PRED: tl.constexpr, BLOCK: tl.constexpr):
+def _fwd_kernel(
+    C,
+    U,
+    X,
+    NOISE,
+    A_T,
+    A_PREV,
+    G,
+    X0,
+    PREV,
+    N,
+    w,
+    eta,
+    HAS_UNCOND: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    PRED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     b = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < N
@@ -83,9 +99,25 @@ def _fwd_kernel(C, U, X, NOISE, A_T, A_PREV, G, X0, PREV, N, w, eta,
 
 @triton.autotune(configs=_configs(), key=["N"])
 @triton.jit
-def _bwd_kernel(DG, DX0, DPREV, A_T, A_PREV, DC, DU, DX, N, w, eta,
-                HAS_DG: tl.constexpr, HAS_DX0: tl.constexpr, HAS_DPREV: tl.constexpr,
-                HAS_UNCOND: tl.constexpr, PRED: tl.constexpr, BLOCK: tl.constexpr):
+def _bwd_kernel(
+    DG,
+    DX0,
+    DPREV,
+    A_T,
+    A_PREV,
+    DC,
+    DU,
+    DX,
+    N,
+    w,
+    eta,
+    HAS_DG: tl.constexpr,
+    HAS_DX0: tl.constexpr,
+    HAS_DPREV: tl.constexpr,
+    HAS_UNCOND: tl.constexpr,
+    PRED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     b = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < N
@@ -123,8 +155,14 @@ def _alphas(alpha: torch.Tensor | float, batch: int, device: torch.device) -> to
 
 @torch.library.custom_op("easytune_kernels::guided_step_fwd", mutates_args=())
 def guided_step_fwd(
-    cond: torch.Tensor, uncond: torch.Tensor | None, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
-    alpha_prod_t_prev: torch.Tensor, guidance_scale: float, prediction_type: str, eta: float,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_t_prev: torch.Tensor,
+    guidance_scale: float,
+    prediction_type: str,
+    eta: float,
     noise: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launches the forward kernel; returns ``(guided, x0_hat, prev_sample)`` shaped like ``sample``.
@@ -137,9 +175,19 @@ def guided_step_fwd(
     use_noise = noise is not None and eta > 0
     c, u, x, z = _flat(cond, B), _flat(uncond, B), _flat(sample, B), _flat(noise if use_noise else None, B)
     _fwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK"]), B)](
-        c, u if u is not None else c, x, z if z is not None else x, alpha_prod_t, alpha_prod_t_prev, *outs, n,
-        float(guidance_scale), float(eta),
-        HAS_UNCOND=u is not None, HAS_NOISE=use_noise, PRED=PREDICTION_CODES[prediction_type],
+        c,
+        u if u is not None else c,
+        x,
+        z if z is not None else x,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        *outs,
+        n,
+        float(guidance_scale),
+        float(eta),
+        HAS_UNCOND=u is not None,
+        HAS_NOISE=use_noise,
+        PRED=PREDICTION_CODES[prediction_type],
     )
     return outs
 
@@ -151,32 +199,63 @@ def _(cond, uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale, pre
 
 @torch.library.custom_op("easytune_kernels::guided_step_bwd", mutates_args=())
 def guided_step_bwd(
-    grad_guided: torch.Tensor | None, grad_x0: torch.Tensor | None, grad_prev: torch.Tensor | None,
-    sample: torch.Tensor, alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor,
-    guidance_scale: float, prediction_type: str, eta: float, has_uncond: bool,
+    grad_guided: torch.Tensor | None,
+    grad_x0: torch.Tensor | None,
+    grad_prev: torch.Tensor | None,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_t_prev: torch.Tensor,
+    guidance_scale: float,
+    prediction_type: str,
+    eta: float,
+    has_uncond: bool,
 ) -> list[torch.Tensor]:
     """Launches the backward kernel; returns ``[d cond, d uncond, d sample]`` (``[d cond, d sample]``
     without ``uncond``), typed like ``sample``. A None output gradient counts as zero."""
     B = sample.shape[0]
-    grads = [torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
-             for _ in range(3 if has_uncond else 2)]
+    grads = [
+        torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
+        for _ in range(3 if has_uncond else 2)
+    ]
     n = sample.numel() // B if B else 0
     if n == 0:
         return grads
     dg, dx0, dp = _flat(grad_guided, B), _flat(grad_x0, B), _flat(grad_prev, B)
     anchor = next(t for t in (dg, dx0, dp, sample) if t is not None)
     _bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK"]), B)](
-        anchor if dg is None else dg, anchor if dx0 is None else dx0, anchor if dp is None else dp,
-        alpha_prod_t, alpha_prod_t_prev, grads[0], grads[1], grads[-1], n, float(guidance_scale), float(eta),
-        HAS_DG=dg is not None, HAS_DX0=dx0 is not None, HAS_DPREV=dp is not None, HAS_UNCOND=has_uncond,
+        anchor if dg is None else dg,
+        anchor if dx0 is None else dx0,
+        anchor if dp is None else dp,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        grads[0],
+        grads[1],
+        grads[-1],
+        n,
+        float(guidance_scale),
+        float(eta),
+        HAS_DG=dg is not None,
+        HAS_DX0=dx0 is not None,
+        HAS_DPREV=dp is not None,
+        HAS_UNCOND=has_uncond,
         PRED=PREDICTION_CODES[prediction_type],
     )
     return grads
 
 
 @guided_step_bwd.register_fake
-def _(grad_guided, grad_x0, grad_prev, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale,
-      prediction_type, eta, has_uncond):
+def _(
+    grad_guided,
+    grad_x0,
+    grad_prev,
+    sample,
+    alpha_prod_t,
+    alpha_prod_t_prev,
+    guidance_scale,
+    prediction_type,
+    eta,
+    has_uncond,
+):
     return [sample.new_empty(sample.shape) for _ in range(3 if has_uncond else 2)]
 
 
@@ -191,8 +270,18 @@ class GuidedStepFunction(torch.autograd.Function):
     """Autograd wrapper: gradients for cond, uncond, sample and noise (not for the alphas)."""
 
     @staticmethod
-    def forward(ctx, cond, uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale, prediction_type,
-                eta, noise):
+    def forward(
+        ctx,
+        cond,
+        uncond,
+        sample,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        guidance_scale,
+        prediction_type,
+        eta,
+        noise,
+    ):
         outs = torch.ops.easytune_kernels.guided_step_fwd(
             cond, uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale, prediction_type, eta, noise
         )
@@ -209,8 +298,17 @@ class GuidedStepFunction(torch.autograd.Function):
         if grad_guided is None and grad_x0 is None and grad_prev is None:
             return (None,) * 9
         grads = torch.ops.easytune_kernels.guided_step_bwd(
-            grad_guided, grad_x0, grad_prev, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale,
-            prediction_type, eta, ctx.has_uncond)
+            grad_guided,
+            grad_x0,
+            grad_prev,
+            sample,
+            alpha_prod_t,
+            alpha_prod_t_prev,
+            guidance_scale,
+            prediction_type,
+            eta,
+            ctx.has_uncond,
+        )
         d_cond, d_sample = grads[0], grads[-1]
         d_uncond = grads[1] if ctx.has_uncond else None
         d_noise = None
@@ -238,5 +336,6 @@ def guided_step(
     B = sample.shape[0]
     a_t, a_prev = _alphas(alpha_prod_t, B, sample.device), _alphas(alpha_prod_t_prev, B, sample.device)
     cond, uncond, sample, a_t, a_prev, noise = distinct(cond, uncond, sample, a_t, a_prev, noise)
-    return GuidedStepFunction.apply(cond, uncond, sample, a_t, a_prev, float(guidance_scale), prediction_type,
-                                    float(eta), noise)
+    return GuidedStepFunction.apply(
+        cond, uncond, sample, a_t, a_prev, float(guidance_scale), prediction_type, float(eta), noise
+    )

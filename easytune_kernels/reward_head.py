@@ -26,8 +26,7 @@ def _blocks(batch: int, dim: int) -> dict[str, int]:
 
 
 @triton.jit
-def _fwd_kernel(M, T, COS, STATS, B, D, s_m, s_t, eps,
-                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd_kernel(M, T, COS, STATS, B, D, s_m, s_t, eps, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     mm = tl.zeros([BLOCK_B], tl.float32)
@@ -51,8 +50,9 @@ def _fwd_kernel(M, T, COS, STATS, B, D, s_m, s_t, eps,
 
 
 @triton.jit
-def _bwd_kernel(GRAD, M, T, STATS, DM, DT, B, D, s_m, s_t, s_dm, s_dt, eps,
-                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_kernel(
+    GRAD, M, T, STATS, DM, DT, B, D, s_m, s_t, s_dm, s_dt, eps, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr
+):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     g = tl.load(GRAD + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -87,8 +87,9 @@ def reward_head_fwd(
         return cos, stats
     motion, text = stride_one_last(motion), stride_one_last(text)
     meta = _blocks(B, D)
-    _fwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](motion, text, cos, stats, B, D, motion.stride(0),
-                                                    text.stride(0), float(eps), **meta)
+    _fwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](
+        motion, text, cos, stats, B, D, motion.stride(0), text.stride(0), float(eps), **meta
+    )
     return cos, stats
 
 
@@ -100,7 +101,11 @@ def _(motion, text, eps):
 
 @torch.library.custom_op("easytune_kernels::reward_head_bwd", mutates_args=())
 def reward_head_bwd(
-    grad: torch.Tensor, motion: torch.Tensor, text: torch.Tensor, stats: torch.Tensor, eps: float,
+    grad: torch.Tensor,
+    motion: torch.Tensor,
+    text: torch.Tensor,
+    stats: torch.Tensor,
+    eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launches the backward kernel; returns ``(d motion, d text)`` shaped and typed like the inputs."""
     B, D = motion.shape
@@ -110,9 +115,22 @@ def reward_head_bwd(
         return dm, dt
     motion, text, grad = stride_one_last(motion), stride_one_last(text), grad.contiguous()
     meta = _blocks(B, D)
-    _bwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](grad, motion, text, stats, dm, dt, B, D, motion.stride(0),
-                                                    text.stride(0), dm.stride(0), dt.stride(0), float(eps),
-                                                    **meta)
+    _bwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](
+        grad,
+        motion,
+        text,
+        stats,
+        dm,
+        dt,
+        B,
+        D,
+        motion.stride(0),
+        text.stride(0),
+        dm.stride(0),
+        dt.stride(0),
+        float(eps),
+        **meta,
+    )
     return dm, dt
 
 

@@ -30,30 +30,100 @@ OUT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"
 # identity text activation).
 MLD_VARIANTS = {
     "v1": {
-        "vae": dict(nfeats=263, latent_dim=[2, 16], hidden_dim=None, force_pre_post_proj=False, ff_size=32,
-                    num_layers=3, num_heads=4, dropout=0.1, arch="encoder_decoder", normalize_before=False,
-                    activation="gelu", position_embedding="learned"),
-        "denoiser": dict(latent_dim=[2, 16], hidden_dim=None, text_dim=24, time_dim=16, ff_size=32,
-                         num_layers=3, num_heads=4, dropout=0.1, activation="gelu", arch="trans_enc",
-                         force_pre_post_proj=False, text_act_fn="relu", flip_sin_to_cos=True, freq_shift=0,
-                         position_embedding="learned"),
+        "vae": dict(
+            nfeats=263,
+            latent_dim=[2, 16],
+            hidden_dim=None,
+            force_pre_post_proj=False,
+            ff_size=32,
+            num_layers=3,
+            num_heads=4,
+            dropout=0.1,
+            arch="encoder_decoder",
+            normalize_before=False,
+            activation="gelu",
+            position_embedding="learned",
+        ),
+        "denoiser": dict(
+            latent_dim=[2, 16],
+            hidden_dim=None,
+            text_dim=24,
+            time_dim=16,
+            ff_size=32,
+            num_layers=3,
+            num_heads=4,
+            dropout=0.1,
+            activation="gelu",
+            arch="trans_enc",
+            force_pre_post_proj=False,
+            text_act_fn="relu",
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            position_embedding="learned",
+        ),
     },
     "v2": {
-        "vae": dict(nfeats=263, latent_dim=[3, 8], hidden_dim=16, force_pre_post_proj=True, ff_size=32,
-                    num_layers=3, num_heads=2, dropout=0.1, arch="encoder_decoder", normalize_before=False,
-                    activation="gelu", position_embedding="learned"),
-        "denoiser": dict(latent_dim=[3, 8], hidden_dim=16, text_dim=24, time_dim=20, ff_size=32,
-                         num_layers=5, num_heads=2, dropout=0.1, activation="gelu", arch="trans_enc",
-                         force_pre_post_proj=True, text_act_fn=None, flip_sin_to_cos=True, freq_shift=0,
-                         position_embedding="learned"),
+        "vae": dict(
+            nfeats=263,
+            latent_dim=[3, 8],
+            hidden_dim=16,
+            force_pre_post_proj=True,
+            ff_size=32,
+            num_layers=3,
+            num_heads=2,
+            dropout=0.1,
+            arch="encoder_decoder",
+            normalize_before=False,
+            activation="gelu",
+            position_embedding="learned",
+        ),
+        "denoiser": dict(
+            latent_dim=[3, 8],
+            hidden_dim=16,
+            text_dim=24,
+            time_dim=20,
+            ff_size=32,
+            num_layers=5,
+            num_heads=2,
+            dropout=0.1,
+            activation="gelu",
+            arch="trans_enc",
+            force_pre_post_proj=True,
+            text_act_fn=None,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            position_embedding="learned",
+        ),
     },
 }
 
-MDM_KWARGS = dict(modeltype="", njoints=263, nfeats=1, num_actions=1, translation=True, pose_rep="rot6d",
-                  glob=True, glob_rot=True, latent_dim=16, ff_size=32, num_layers=2, num_heads=4, dropout=0.1,
-                  activation="gelu", data_rep="hml_vec", dataset="humanml", clip_dim=512, arch="trans_enc",
-                  emb_trans_dec=False, clip_version="ViT-B/32", cond_mode="text", cond_mask_prob=0.1,
-                  text_encoder_type="clip", pos_embed_max_len=200, mask_frames=True)
+MDM_KWARGS = dict(
+    modeltype="",
+    njoints=263,
+    nfeats=1,
+    num_actions=1,
+    translation=True,
+    pose_rep="rot6d",
+    glob=True,
+    glob_rot=True,
+    latent_dim=16,
+    ff_size=32,
+    num_layers=2,
+    num_heads=4,
+    dropout=0.1,
+    activation="gelu",
+    data_rep="hml_vec",
+    dataset="humanml",
+    clip_dim=512,
+    arch="trans_enc",
+    emb_trans_dec=False,
+    clip_version="ViT-B/32",
+    cond_mode="text",
+    cond_mask_prob=0.1,
+    text_encoder_type="clip",
+    pos_embed_max_len=200,
+    mask_frames=True,
+)
 
 
 def _perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
@@ -82,8 +152,10 @@ def make_mld(repo: Path, gen: torch.Generator) -> dict:
     from mld.models.architectures.mld_vae import MldVae
 
     # Inputs and outputs are stored as float32; the reference computes in float64 on those values.
-    fixture: dict = {"source": "EasyTune/MotionLCM mld.models.architectures (MldVae, MldDenoiser)",
-                     "variants": {}}
+    fixture: dict = {
+        "source": "EasyTune/MotionLCM mld.models.architectures (MldVae, MldDenoiser)",
+        "variants": {},
+    }
     b, t = 3, 10
     lengths = torch.tensor([10, 7, 4])
     feats = _random(b, t, 263, gen=gen)
@@ -103,11 +175,18 @@ def make_mld(repo: Path, gen: torch.Generator) -> dict:
             decoded = vae.decode(z, _lengths_mask(lengths, t))
             eps = den(z, timestep, text)[0]
         fixture["variants"][name] = {
-            "reference_kwargs": kw, "state_dict": state,
+            "reference_kwargs": kw,
+            "state_dict": state,
             "inputs": _f32({"feats": feats, "lengths": lengths, "z": z, "timestep": timestep, "text": text}),
             # reference posterior tensors are [latent_size, B, D]; stored batch-first
-            "outputs": _f32({"mu": dist.loc.permute(1, 0, 2), "std": dist.scale.permute(1, 0, 2),
-                             "decoded": decoded, "eps": eps}),
+            "outputs": _f32(
+                {
+                    "mu": dist.loc.permute(1, 0, 2),
+                    "std": dist.scale.permute(1, 0, 2),
+                    "decoded": decoded,
+                    "eps": eps,
+                }
+            ),
         }
     return fixture
 
@@ -151,15 +230,19 @@ def make_mdm(repo: Path, gen: torch.Generator) -> dict:
             y = {"text_embed": text[None], "mask": _lengths_mask(lengths, t)[:, None, None], "uncond": uncond}
             out = model(x_ref, timesteps, y)[:, :, 0].permute(0, 2, 1)
             outputs["uncond" if uncond else "cond"] = out * _lengths_mask(lengths, t)[..., None]
-    return {"source": "motion-diffusion-model model/mdm.py (MDM, trans_enc, hml_vec, mask_frames)",
-            "reference_kwargs": MDM_KWARGS, "state_dict": state,
-            "inputs": _f32({"x": x, "lengths": lengths, "timesteps": timesteps, "text": text}),
-            "outputs": _f32(outputs)}
+    return {
+        "source": "motion-diffusion-model model/mdm.py (MDM, trans_enc, hml_vec, mask_frames)",
+        "reference_kwargs": MDM_KWARGS,
+        "state_dict": state,
+        "inputs": _f32({"x": x, "lengths": lengths, "timesteps": timesteps, "text": text}),
+        "outputs": _f32(outputs),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mld-repo", type=Path, required=True, help="checkout holding the mld/ package")
     parser.add_argument("--mdm-repo", type=Path, required=True, help="checkout holding model/ and utils/")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)

@@ -9,8 +9,12 @@ import numpy as np
 
 
 def write_random_motions(
-    root: Path, lengths: Sequence[int], captions: Sequence[Sequence[str]], mean: float = 0.0,
-    std: float = 1.0, seed: int = 0,
+    root: Path,
+    lengths: Sequence[int],
+    captions: Sequence[Sequence[str]],
+    mean: float = 0.0,
+    std: float = 1.0,
+    seed: int = 0,
 ) -> Path:
     """Clip ``i`` (id ``f"{i:06d}"``): random normal features [lengths[i], 263] and one text line per
     caption in ``captions[i]``; split ``train`` lists every clip; Mean / Std are the constants given."""

@@ -23,8 +23,13 @@ from easytune.models.reward import build_reward_model
 from easytune.text import build_text_encoder
 
 D = 6
-MLD_DDIM = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-            "set_alpha_to_one": False, "steps_offset": 1}
+MLD_DDIM = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 
 def scheduler(n):
@@ -95,8 +100,7 @@ def test_jacobian_norms_match_the_analytic_norms_of_a_linear_denoiser():
         c1 = math.sqrt(a_prev / a_t)
         c2 = math.sqrt(1 - a_prev) - math.sqrt(a_prev * (1 - a_t) / a_t)
         eig = c1 + c2 * gain[:, None] * lam[None]  # [B, D]: eigenvalues of the symmetric step Jacobian
-        got = analysis.jacobian_norms(lambda z, i=i: step(z, i)[2], x, iters=60, probes=1500,
-                                      generator=g)
+        got = analysis.jacobian_norms(lambda z, i=i: step(z, i)[2], x, iters=60, probes=1500, generator=g)
         exact = exact_jacobian(lambda z, i=i: step(z, i)[2], x)
         torch.testing.assert_close(got.spectral, eig.abs().max(1).values, rtol=1e-7, atol=0)
         torch.testing.assert_close(got.spectral, torch.linalg.matrix_norm(exact, 2), rtol=1e-7, atol=0)
@@ -173,7 +177,7 @@ def per_step_reference(model, sched, cond, uncond, w, x_T, k):
     flat = [p for c in copies for p in c.values()]
     grads = torch.autograd.grad(reward_fn(x).mean(), flat)
     per = len(base)
-    return [grads[j * per:(j + 1) * per] for j in range(k)]
+    return [grads[j * per : (j + 1) * per] for j in range(k)]
 
 
 def flat(grads):
@@ -206,21 +210,25 @@ def test_analyze_trajectory_cumulative_bound_and_summary():
     model, step, _, _, x_T = mlp_setup(n)
     params = list(model.parameters())
     g = torch.Generator().manual_seed(0)
-    runs = [analysis.analyze_trajectory(step, x_T + 0.1 * j, params, reward_fn, k=k, iters=30, probes=3,
-                                        generator=g) for j in range(2)]
+    runs = [
+        analysis.analyze_trajectory(
+            step, x_T + 0.1 * j, params, reward_fn, k=k, iters=30, probes=3, generator=g
+        )
+        for j in range(2)
+    ]
     a = runs[0]
     assert a.step_norms.spectral.shape == (n, 3) and a.output_norms.spectral.shape == (n, 3)
     torch.testing.assert_close(a.cumulative[-1], a.step_norms.spectral[-1])
     torch.testing.assert_close(a.cumulative[0], a.step_norms.spectral.prod(0))
     # Corollary 1: |dR/dx_t| / |dR/dx_0| <= prod_{j >= t} |J_j|_2, sample by sample
     gain = a.gradient.signal / a.gradient.signal_final
-    assert (gain <= a.cumulative[n - k:] * (1 + 1e-9)).all()
+    assert (gain <= a.cumulative[n - k :] * (1 + 1e-9)).all()
     summary = analysis.summarize(runs, iters=30, probes=3)
     rows = summary["rows"]
     assert len(rows) == n and summary["k"] == k and summary["samples"] == 6 and summary["trajectories"] == 2
     assert all(r["grad_share"] is None for r in rows[: n - k])
-    assert sum(r["grad_share"]["mean"] for r in rows[n - k:]) == pytest.approx(1.0)
-    assert sum(r["grad_projection"]["mean"] for r in rows[n - k:]) == pytest.approx(1.0)
+    assert sum(r["grad_share"]["mean"] for r in rows[n - k :]) == pytest.approx(1.0)
+    assert sum(r["grad_projection"]["mean"] for r in rows[n - k :]) == pytest.approx(1.0)
     mean0 = float(torch.cat([r.step_norms.spectral[0] for r in runs]).mean())
     assert rows[0]["jacobian_spectral"]["mean"] == pytest.approx(mean0)
     assert summary["gradient"]["residual_max"] < 1e-12
@@ -269,8 +277,9 @@ def checkpoints(tmp_path_factory):
         ids = []
         for i in range(n):
             clip = f"{split}{i}"
-            write_clip(data, clip, rng.normal(size=(int(rng.integers(40, 48)), 263)),
-                       [f"a person {ACTIONS[i % 3]}"])
+            write_clip(
+                data, clip, rng.normal(size=(int(rng.integers(40, 48)), 263)), [f"a person {ACTIONS[i % 3]}"]
+            )
             ids.append(clip)
         write_split(data, split, ids)
     write_mean_std(data, np.zeros(263), np.ones(263))
@@ -280,19 +289,46 @@ def checkpoints(tmp_path_factory):
     preset["denoiser"].update(latent_dim=16, hidden_dim=None, time_dim=16, ff_size=32, num_layers=1)
     config = model_config(preset, text_dim=16)
     torch.manual_seed(0)
-    torch.save({"state_dict": MLD.from_config(config).state_dict(), "config": config, "meta": {}},
-               root / "mld.pt")
-    build_reward_model("tiny", text_encoder=build_text_encoder(TEXT), latent_dim=16, ff_size=32,
-                       num_layers=1, time_channels=16).save(root / "reward.pt")
+    torch.save(
+        {"state_dict": MLD.from_config(config).state_dict(), "config": config, "meta": {}}, root / "mld.pt"
+    )
+    build_reward_model(
+        "tiny",
+        text_encoder=build_text_encoder(TEXT),
+        latent_dim=16,
+        ff_size=32,
+        num_layers=1,
+        time_channels=16,
+    ).save(root / "reward.pt")
     return root
 
 
 def test_cli_analyze_end_to_end(checkpoints, tmp_path, capsys):
     plot = importlib.util.find_spec("matplotlib") is not None
     out = tmp_path / "out"
-    args = ["analyze", "--base", str(checkpoints / "mld.pt"), "--reward", str(checkpoints / "reward.pt"),
-            "--data", str(checkpoints / "data"), "--k", "3", "--steps", "4", "--trajectories", "2",
-            "--batch", "2", "--iters", "8", "--probes", "2", "--out", str(out)]
+    args = [
+        "analyze",
+        "--base",
+        str(checkpoints / "mld.pt"),
+        "--reward",
+        str(checkpoints / "reward.pt"),
+        "--data",
+        str(checkpoints / "data"),
+        "--k",
+        "3",
+        "--steps",
+        "4",
+        "--trajectories",
+        "2",
+        "--batch",
+        "2",
+        "--iters",
+        "8",
+        "--probes",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args + ([] if plot else ["--no-plot"])) == 0
     printed = capsys.readouterr().out
     assert "cum.prod" in printed and "analysis.json" in printed

@@ -71,9 +71,11 @@ def test_unreadable_checkpoints_are_named_without_unsafe_advice(tmp_path):
     torch.save({"state_dict": {}, "payload": _Payload(marker)}, tmp_path / "evil.pt")
     loop = tmp_path / "loop.pt"
     os.symlink(loop, loop)
-    for path, expected in ((noise, "not a valid torch checkpoint|not a readable torch"),
-                           (tmp_path / "evil.pt", "holds pickled objects other than tensors"),
-                           (loop, "a symbolic link loop")):
+    for path, expected in (
+        (noise, "not a valid torch checkpoint|not a readable torch"),
+        (tmp_path / "evil.pt", "holds pickled objects other than tensors"),
+        (loop, "a symbolic link loop"),
+    ):
         with pytest.raises(CheckpointError, match=expected) as info:
             load_checkpoint(path)
         assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)

@@ -47,8 +47,22 @@ def test_resolve_device():
 
 def _sample(out, *options: str) -> int:
     """``easytune sample`` of the embedded tiny MLD, 2 DDIM steps, 8 frames unless ``options`` say else."""
-    return main(["sample", "--ckpt", "default", "--text", "a person walks", "--steps", "2", "--length", "8",
-                 "--out", str(out), *options])
+    return main(
+        [
+            "sample",
+            "--ckpt",
+            "default",
+            "--text",
+            "a person walks",
+            "--steps",
+            "2",
+            "--length",
+            "8",
+            "--out",
+            str(out),
+            *options,
+        ]
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
@@ -89,8 +103,23 @@ def test_sampling_refuses_non_finite_options_and_weights(tmp_path, capsys):
     ckpt["state_dict"][name] = ckpt["state_dict"][name].clone()
     ckpt["state_dict"][name].view(-1)[0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pt")  # as a broken run would have (easytune never writes one)
-    code = main(["sample", "--ckpt", str(tmp_path / "nan.pt"), "--text", "a person walks", "--steps", "2",
-                 "--length", "8", "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "nan.pt"),
+            "--text",
+            "a person walks",
+            "--steps",
+            "2",
+            "--length",
+            "8",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"weight {name} holds NaN or inf" in err and not out.exists()
 

@@ -154,8 +154,10 @@ def test_duplicate_ids_bom_and_non_utf8_bytes_are_named_by_file_and_line(tmp_pat
     ids = H.read_split(tmp_path, "train")
     (tmp_path / "train.txt").write_text("\n".join([*ids, ids[0]]) + "\n", encoding="utf-8")
     report = check_dataset(tmp_path)
-    assert any(f"train.txt:{len(ids) + 1}: clip id {ids[0]!r} is listed twice (first on line 1)" in p
-               for p in report.problems)
+    assert any(
+        f"train.txt:{len(ids) + 1}: clip id {ids[0]!r} is listed twice (first on line 1)" in p
+        for p in report.problems
+    )
     with pytest.raises(H.DataError, match="listed twice"):
         H.MotionDataset(tmp_path, "train", normalize=False)
     (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(ids).encode())  # BOM: dropped

@@ -490,8 +490,13 @@ def test_a_checkpoint_with_non_finite_tensors_is_never_written(tmp_path):
     save_atomic({"state_dict": {"w": torch.ones(2)}}, tmp_path / "ok.pt")
     before = (tmp_path / "ok.pt").read_bytes()
     with pytest.raises(NonFiniteError, match=r"tensor optimizer\.state\.0\.exp_avg holds NaN or inf"):
-        save_atomic({"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {0: {"exp_avg": torch.tensor(
-            [1.0, float("nan")])}}}}, tmp_path / "ok.pt")
+        save_atomic(
+            {
+                "state_dict": {"w": torch.ones(2)},
+                "optimizer": {"state": {0: {"exp_avg": torch.tensor([1.0, float("nan")])}}},
+            },
+            tmp_path / "ok.pt",
+        )
     assert (tmp_path / "ok.pt").read_bytes() == before
     assert not list(tmp_path.glob(".ok.pt.*.tmp"))
 
@@ -500,9 +505,25 @@ def test_alignprop_runs_at_any_step_count_and_takes_its_window_from_the_cli(asse
     Run(_config(assets, tmp_path / "a", method="alignprop", method_options={}, steps=1)).train()  # 4 steps
     from easytune.cli import main
 
-    common = ["--method", "alignprop", "--data", str(assets["data"]), "--base", str(assets["base"]),
-              "--reward", str(assets["reward"]), "--inference-steps", "4", "--steps", "1",
-              "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    common = [
+        "--method",
+        "alignprop",
+        "--data",
+        str(assets["data"]),
+        "--base",
+        str(assets["base"]),
+        "--reward",
+        str(assets["reward"]),
+        "--inference-steps",
+        "4",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(["finetune", "--out", str(tmp_path / "b"), "--low", "2", "--high", "3", *common]) == 0
     assert main(["finetune", "--out", str(tmp_path / "c"), "--mean", "nan", *common]) == 2
     assert "AlignProp: mean must be a finite number" in capsys.readouterr().err

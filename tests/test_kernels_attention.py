@@ -107,8 +107,12 @@ def test_triton_attention_strided_inputs_and_expanded_grad():
 def test_triton_attention_default_and_custom_scale():
     q, k, v = (torch.randn(1, 1, 16, 32) for _ in range(3))
     for scale in (None, 0.05):
-        torch.testing.assert_close(ops.attention(q, k, v, scale=scale, backend="triton"),
-                                   ops.attention_ref(q, k, v, scale=scale), atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            ops.attention(q, k, v, scale=scale, backend="triton"),
+            ops.attention_ref(q, k, v, scale=scale),
+            atol=2e-6,
+            rtol=1e-5,
+        )
 
 
 def _dropout_ref(q, k, v, lengths, kept, p):

@@ -43,8 +43,9 @@ def test_attention_dropout(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_guided_step(prediction_type, dtype):
-    guided_tests._check(dtype, prediction_type, 0.7, uncond=True, path="all", device="cuda",
-                        shape=(3, 196, 263))
+    guided_tests._check(
+        dtype, prediction_type, 0.7, uncond=True, path="all", device="cuda", shape=(3, 196, 263)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

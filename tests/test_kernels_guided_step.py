@@ -29,18 +29,31 @@ def _inputs(dtype, shape=(3, 7, 33), uncond=True, device="cpu"):
 
 
 def _run(cond, uncond, sample, noise, a_t, a_prev, grads, backend, guidance_scale, prediction_type, eta):
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
-              for t in (cond, uncond, sample, noise)]
+    leaves = [
+        t.detach().clone().requires_grad_(True) if t is not None else None
+        for t in (cond, uncond, sample, noise)
+    ]
     c, u, x, z = leaves
     if backend == "ref":
         outs = ops.guided_step_ref(c, u, x, a_t, a_prev, guidance_scale, prediction_type, eta, z)
     else:
-        outs = ops.guided_step(c, u, x, a_t, a_prev, guidance_scale=guidance_scale,
-                               prediction_type=prediction_type, eta=eta, noise=z, backend=backend)
+        outs = ops.guided_step(
+            c,
+            u,
+            x,
+            a_t,
+            a_prev,
+            guidance_scale=guidance_scale,
+            prediction_type=prediction_type,
+            eta=eta,
+            noise=z,
+            backend=backend,
+        )
     used = [(o, g.to(o.dtype)) for o, g in zip(outs, grads) if g is not None]
     wrt = [t for t in leaves if t is not None]
-    d = torch.autograd.grad([o for o, _ in used], wrt, [g for _, g in used], allow_unused=True,
-                            materialize_grads=True)
+    d = torch.autograd.grad(
+        [o for o, _ in used], wrt, [g for _, g in used], allow_unused=True, materialize_grads=True
+    )
     return list(outs), list(d)
 
 
@@ -92,4 +105,3 @@ def test_triton_guided_step_scalar_alphas_and_eta_zero_ignores_noise():
 def test_triton_guided_step_large_sample_spans_several_blocks():
     """Per-sample blocks: each sample's alphas must be applied to all of its elements (N > BLOCK)."""
     _check(torch.float32, "epsilon", 0.3, uncond=True, path="all", shape=(2, 5000, 3))
-

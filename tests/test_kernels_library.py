@@ -29,8 +29,10 @@ def test_opcheck_attention_ops():
     for dropout_p, s in ((0.0, None), (0.2, seed)):
         opcheck(lib.attention_fwd.default, (q, k, v, q_len, kv_len, 0.25, dropout_p, s))
         out, lse = lib.attention_fwd(q, k, v, None, kv_len, 0.25, dropout_p, s)
-        opcheck(lib.attention_bwd.default,
-                (torch.randn_like(out), q, k, v, out, lse, None, kv_len, 0.25, dropout_p, s))
+        opcheck(
+            lib.attention_bwd.default,
+            (torch.randn_like(out), q, k, v, out, lse, None, kv_len, 0.25, dropout_p, s),
+        )
 
 
 def test_opcheck_guided_step_ops():
@@ -38,8 +40,10 @@ def test_opcheck_guided_step_ops():
     cond, uncond, x, noise = (torch.randn(2, 3, 5) for _ in range(4))
     a_t, a_prev = torch.tensor([0.3, 0.8]), torch.tensor([0.5, 0.9])
     opcheck(lib.guided_step_fwd.default, (cond, uncond, x, a_t, a_prev, 3.0, "v_prediction", 0.5, noise))
-    opcheck(lib.guided_step_bwd.default, (None, torch.randn_like(x), torch.randn_like(x), x, a_t, a_prev, 3.0,
-                                          "epsilon", 0.0, True))
+    opcheck(
+        lib.guided_step_bwd.default,
+        (None, torch.randn_like(x), torch.randn_like(x), x, a_t, a_prev, 3.0, "epsilon", 0.0, True),
+    )
 
 
 def test_opcheck_reward_head_ops():

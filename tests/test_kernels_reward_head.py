@@ -55,6 +55,7 @@ def test_triton_reward_head_zero_and_tiny_latents_use_the_eps_clamp():
 def test_triton_reward_head_strided_rows():
     base = torch.randn(6, 2, 48)
     motion, text = base[:, 0], base[:, 1]  # row stride 96, unit column stride
-    torch.testing.assert_close(ops.reward_head(motion, text, backend="triton"),
-                               torch.nn.functional.cosine_similarity(motion, text, eps=1e-8))
-
+    torch.testing.assert_close(
+        ops.reward_head(motion, text, backend="triton"),
+        torch.nn.functional.cosine_similarity(motion, text, eps=1e-8),
+    )

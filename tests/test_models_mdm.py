@@ -29,8 +29,9 @@ def test_reference_state_dict_loads_and_matches(tmp_path, layout):
     path = tmp_path / "model000100000.pt"
     torch.save(obj, path)
     model = MDM.from_checkpoint(path).double().eval()
-    assert model.config == MDMConfig(nfeats=263, latent_dim=16, ff_size=32, num_layers=2, num_heads=4,
-                                     text_dim=512)
+    assert model.config == MDMConfig(
+        nfeats=263, latent_dim=16, ff_size=32, num_layers=2, num_heads=4, text_dim=512
+    )
     i, o = fx["inputs"], fx["outputs"]
     x, text = i["x"].double(), i["text"].double()
     with torch.no_grad():
@@ -82,9 +83,9 @@ def test_padding_invariance_and_zero_padded_output():
         garbage[1, 3:] = 1e4
         torch.testing.assert_close(model(garbage, t, text, lengths), out)
         for b, n in enumerate(lengths.tolist()):
-            alone = model(x[b:b + 1, :n], t[b:b + 1], text[b:b + 1], lengths[b:b + 1])
+            alone = model(x[b : b + 1, :n], t[b : b + 1], text[b : b + 1], lengths[b : b + 1])
             torch.testing.assert_close(alone[0], out[b, :n])
-            torch.testing.assert_close(model(x[b:b + 1, :n], t[b:b + 1], text[b:b + 1]), alone)
+            torch.testing.assert_close(model(x[b : b + 1, :n], t[b : b + 1], text[b : b + 1]), alone)
     valid = torch.arange(10)[None, :] < lengths[:, None]
     assert (out[~valid] == 0).all()
 

@@ -51,8 +51,9 @@ def test_reference_checkpoint_loads_strictly_and_matches(tmp_path, variant):
 def test_reference_shapes_are_inferred(tmp_path):
     v = _fixture()["variants"]["v2"]
     model = MLD.from_checkpoint(_lineage_checkpoint(tmp_path, v["state_dict"]), num_heads=2)
-    assert model.vae.config == VAEConfig(nfeats=263, latent_size=3, latent_dim=8, hidden_dim=16, ff_size=32,
-                                         num_layers=3, num_heads=2)
+    assert model.vae.config == VAEConfig(
+        nfeats=263, latent_size=3, latent_dim=8, hidden_dim=16, ff_size=32, num_layers=3, num_heads=2
+    )
     assert (model.denoiser.config.text_dim, model.denoiser.config.time_dim) == (24, 20)
     assert model.denoiser.config.num_layers == 5
 
@@ -82,8 +83,9 @@ def test_consistency_distilled_checkpoint_is_refused(tmp_path):
 def test_own_checkpoint_roundtrip_prefers_ema(tmp_path):
     model = build_model(model_config(get_preset("tiny"), text_dim=32))
     ema = {k: v + 1.0 for k, v in model.state_dict().items() if k.startswith("denoiser.")}
-    path = save_atomic({"state_dict": model.state_dict(), "config": model.config_dict, "ema": ema},
-                       tmp_path / "own.pt")
+    path = save_atomic(
+        {"state_dict": model.state_dict(), "config": model.config_dict, "ema": ema}, tmp_path / "own.pt"
+    )
     loaded = MLD.from_checkpoint(path)
     key = "denoiser.emb_proj.1.weight"
     torch.testing.assert_close(loaded.state_dict()[key], ema[key], rtol=0, atol=0)
@@ -119,10 +121,10 @@ def test_vae_padding_never_changes_valid_frames():
         dec = model.vae.decode(z, lengths)
         dec_long = model.vae.decode(z, lengths, num_frames=20)
         for b, n in enumerate(lengths.tolist()):
-            _, alone = model.vae.encode(feats[b:b + 1, :n], lengths[b:b + 1])
-            torch.testing.assert_close(alone.loc, post_a.loc[b:b + 1])
-            torch.testing.assert_close(alone.scale, post_a.scale[b:b + 1])
-            dec_alone = model.vae.decode(z[b:b + 1], lengths[b:b + 1])
+            _, alone = model.vae.encode(feats[b : b + 1, :n], lengths[b : b + 1])
+            torch.testing.assert_close(alone.loc, post_a.loc[b : b + 1])
+            torch.testing.assert_close(alone.scale, post_a.scale[b : b + 1])
+            dec_alone = model.vae.decode(z[b : b + 1], lengths[b : b + 1])
             torch.testing.assert_close(dec_alone[0], dec[b, :n])
     torch.testing.assert_close(post_a.loc, post_b.loc)
     torch.testing.assert_close(dec_long[:, :12], dec)
@@ -133,8 +135,10 @@ def test_vae_padding_never_changes_valid_frames():
 def test_trim_positions_keeps_outputs_and_rejects_longer_inputs(tmp_path):
     model = _small_mld().double().eval()
     lengths, feats = torch.tensor([12, 7]), torch.randn(2, 12, 263, dtype=torch.float64)
-    x, cond = torch.randn(2, 2, 16, dtype=torch.float64), torch.randn(2, 1, model.denoiser.config.text_dim,
-                                                                      dtype=torch.float64)
+    x, cond = (
+        torch.randn(2, 2, 16, dtype=torch.float64),
+        torch.randn(2, 1, model.denoiser.config.text_dim, dtype=torch.float64),
+    )
     with torch.no_grad():
         before = (model.vae.encode(feats, lengths, sample=False)[0], model.denoiser(x, 5, cond))
         model.trim_positions(max_frames=12, max_text_tokens=1)
@@ -159,7 +163,9 @@ def test_denoiser_rows_are_independent_and_timestep_forms_agree():
         out = model.denoiser(x, t, text)
         assert out.shape == x.shape
         for b in range(4):
-            torch.testing.assert_close(model.denoiser(x[b:b + 1], t[b:b + 1], text[b:b + 1]), out[b:b + 1])
+            torch.testing.assert_close(
+                model.denoiser(x[b : b + 1], t[b : b + 1], text[b : b + 1]), out[b : b + 1]
+            )
         torch.testing.assert_close(model.denoiser(x[:1], 981, text[:1]), out[:1])
         torch.testing.assert_close(model.denoiser(x[:1], torch.tensor(981.0), text[:1]), out[:1])
 
@@ -209,8 +215,11 @@ def test_vae_decode_takes_a_list_of_lengths_or_says_what_it_expects():
     from easytune.models.mld import MotionVAE, VAEConfig
 
     torch.manual_seed(0)
-    vae = MotionVAE(VAEConfig(nfeats=263, latent_size=1, latent_dim=16, ff_size=32, num_layers=1,
-                              num_heads=2, dropout=0.0)).eval()
+    vae = MotionVAE(
+        VAEConfig(
+            nfeats=263, latent_size=1, latent_dim=16, ff_size=32, num_layers=1, num_heads=2, dropout=0.0
+        )
+    ).eval()
     z = torch.randn(2, 1, 16)
     with torch.no_grad():
         torch.testing.assert_close(vae.decode(z, [5, 3]), vae.decode(z, torch.tensor([5, 3])))

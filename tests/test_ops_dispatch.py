@@ -221,22 +221,31 @@ def test_the_entry_points_keys_hold_every_input_their_validation_reads():
     x, a = torch.randn(2, 3), torch.rand(2)
     q = torch.randn(2, 2, 5, 16)
     valid_and_bad = [
-        (lambda: ops.guided_step(x, x, x, a, a), [
-            (lambda: ops.guided_step(x, x, x, a, a, eta=0.5), "noise"),
-            (lambda: ops.guided_step(x, x[:, :2], x, a, a), "model_uncond must have the shape"),
-            (lambda: ops.guided_step(x, x, x, a, torch.rand(3)), "alpha_prod_t_prev must be a scalar"),
-            (lambda: ops.guided_step(x, x, x, torch.rand(3), a), "alpha_prod_t must be a scalar"),
-            (lambda: ops.guided_step(x, x, x, a, a, prediction_type="x0"), "prediction_type"),
-            (lambda: ops.guided_step(x, x, x, a, a, eta=-1.0), "eta must be >= 0"),
-            (lambda: ops.guided_step(x, x, x, a, a, eta=0.5, noise=x[:1]), "noise must have the shape"),
-        ]),
-        (lambda: ops.attention(q, q, q), [
-            (lambda: ops.attention(q, q[:, :1], q[:, :1]), "incompatible shapes"),
-            (lambda: ops.attention(q, q, q.double()), "must share dtype"),
-            (lambda: ops.attention(q, q, q, dropout_p=1.5), "dropout_p must lie in"),
-            (lambda: ops.attention(q, q, q, kv_lengths=torch.tensor([1.0, 2.0])), "kv_lengths must be an"),
-            (lambda: ops.attention(q, q, q, q_lengths=torch.tensor([1, 2, 3])), "q_lengths must be an"),
-        ]),
+        (
+            lambda: ops.guided_step(x, x, x, a, a),
+            [
+                (lambda: ops.guided_step(x, x, x, a, a, eta=0.5), "noise"),
+                (lambda: ops.guided_step(x, x[:, :2], x, a, a), "model_uncond must have the shape"),
+                (lambda: ops.guided_step(x, x, x, a, torch.rand(3)), "alpha_prod_t_prev must be a scalar"),
+                (lambda: ops.guided_step(x, x, x, torch.rand(3), a), "alpha_prod_t must be a scalar"),
+                (lambda: ops.guided_step(x, x, x, a, a, prediction_type="x0"), "prediction_type"),
+                (lambda: ops.guided_step(x, x, x, a, a, eta=-1.0), "eta must be >= 0"),
+                (lambda: ops.guided_step(x, x, x, a, a, eta=0.5, noise=x[:1]), "noise must have the shape"),
+            ],
+        ),
+        (
+            lambda: ops.attention(q, q, q),
+            [
+                (lambda: ops.attention(q, q[:, :1], q[:, :1]), "incompatible shapes"),
+                (lambda: ops.attention(q, q, q.double()), "must share dtype"),
+                (lambda: ops.attention(q, q, q, dropout_p=1.5), "dropout_p must lie in"),
+                (
+                    lambda: ops.attention(q, q, q, kv_lengths=torch.tensor([1.0, 2.0])),
+                    "kv_lengths must be an",
+                ),
+                (lambda: ops.attention(q, q, q, q_lengths=torch.tensor([1, 2, 3])), "q_lengths must be an"),
+            ],
+        ),
         (lambda: ops.reward_head(x, x), [(lambda: ops.reward_head(x, x[:, :2]), "equal shape")]),
     ]
     for valid, bads in valid_and_bad:

@@ -74,11 +74,22 @@ def test_guided_step_math_backend_is_the_reference_bit_for_bit_at_eta_0(dtype, p
     a_prev[0] = 1.0  # the last step of set_alpha_to_one schedules
     for uncond in (u, None):
         ref = step.guided_step_ref(c, uncond, x, a, a_prev, 7.5, prediction_type)
-        out = ops.guided_step(c, uncond, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type,
-                              backend="math")
+        out = ops.guided_step(
+            c, uncond, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type, backend="math"
+        )
         assert all(torch.equal(r, o) for r, o in zip(ref, out))
     noise = torch.randn(4, 6, 5, generator=g).to(dtype)  # eta > 0 takes the reference path itself
     ref = step.guided_step_ref(c, u, x, a, a_prev, 7.5, prediction_type, 0.5, noise)
-    out = ops.guided_step(c, u, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type, eta=0.5,
-                          noise=noise, backend="math")
+    out = ops.guided_step(
+        c,
+        u,
+        x,
+        a,
+        a_prev,
+        guidance_scale=7.5,
+        prediction_type=prediction_type,
+        eta=0.5,
+        noise=noise,
+        backend="math",
+    )
     assert all(torch.equal(r, o) for r, o in zip(ref, out))

@@ -23,8 +23,14 @@ from easytune.training.pretrain import VAE_LOSS_DEFAULTS, PretrainOptions, _Batc
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """Four clips of random features (lengths 40..52), Mean 0.1 / Std 2 (so de-normalising matters)."""
-    return write_random_motions(tmp_path_factory.mktemp("motions"), [40 + 4 * i for i in range(4)],
-                                [("a person walks",)] * 4, mean=0.1, std=2.0, seed=1)
+    return write_random_motions(
+        tmp_path_factory.mktemp("motions"),
+        [40 + 4 * i for i in range(4)],
+        [("a person walks",)] * 4,
+        mean=0.1,
+        std=2.0,
+        seed=1,
+    )
 
 
 def _reference_first_loss(root: Path, rec_loss: str, kl_weight: float, joints_weight: float) -> float:
@@ -38,9 +44,9 @@ def _reference_first_loss(root: Path, rec_loss: str, kl_weight: float, joints_we
     rec, _, post = model(x, lengths)
     valid = mask[..., None].float()
     err = rec - x
-    per_elem = err ** 2 if rec_loss == "mse" else torch.where(err.abs() < 1, 0.5 * err ** 2, err.abs() - 0.5)
+    per_elem = err**2 if rec_loss == "mse" else torch.where(err.abs() < 1, 0.5 * err**2, err.abs() - 0.5)
     loss = (per_elem * valid).sum() / (valid.sum() * 263)
-    kl = (-torch.log(post.stddev) + (post.stddev ** 2 + post.mean ** 2) / 2 - 0.5).mean()
+    kl = (-torch.log(post.stddev) + (post.stddev**2 + post.mean**2) / 2 - 0.5).mean()
     loss = loss + kl_weight * kl
     if joints_weight:
         jr, jx = recover_from_ric(rec * 2.0 + 0.1), recover_from_ric(x * 2.0 + 0.1)
@@ -51,9 +57,18 @@ def _reference_first_loss(root: Path, rec_loss: str, kl_weight: float, joints_we
 
 @pytest.mark.parametrize("rec_loss,kl_weight,joints_weight", [("mse", 0.5, 0.0), ("smooth_l1", 1e-4, 1.0)])
 def test_vae_loss_settings_reach_the_loss_and_meta(data_root, tmp_path, rec_loss, kl_weight, joints_weight):
-    opts = PretrainOptions(stage="vae", data=data_root, out=tmp_path / "vae.pt", steps=1, batch_size=4,
-                           warmup=1, show_progress=False, rec_loss=rec_loss, kl_weight=kl_weight,
-                           joints_weight=joints_weight)
+    opts = PretrainOptions(
+        stage="vae",
+        data=data_root,
+        out=tmp_path / "vae.pt",
+        steps=1,
+        batch_size=4,
+        warmup=1,
+        show_progress=False,
+        rec_loss=rec_loss,
+        kl_weight=kl_weight,
+        joints_weight=joints_weight,
+    )
     got = pretrain(opts).losses[0][1]
     want = _reference_first_loss(data_root, rec_loss, kl_weight, joints_weight)
     assert got == pytest.approx(want, rel=1e-5)
@@ -63,12 +78,17 @@ def test_vae_loss_settings_reach_the_loss_and_meta(data_root, tmp_path, rec_loss
 
 
 def test_vae_loss_settings_default_to_the_preset_then_motionlcm(data_root, tmp_path):
-    pretrain(PretrainOptions(stage="vae", data=data_root, out=tmp_path / "tiny.pt", steps=1, batch_size=4,
-                             show_progress=False))
+    pretrain(
+        PretrainOptions(
+            stage="vae", data=data_root, out=tmp_path / "tiny.pt", steps=1, batch_size=4, show_progress=False
+        )
+    )
     tiny = get_preset("tiny")["train"]["vae"]
     train = load_checkpoint(tmp_path / "tiny.pt")["meta"]["train"]
-    assert {k: train[k] for k in VAE_LOSS_DEFAULTS} == {**VAE_LOSS_DEFAULTS, **{
-        k: tiny[k] for k in VAE_LOSS_DEFAULTS if k in tiny}}
+    assert {k: train[k] for k in VAE_LOSS_DEFAULTS} == {
+        **VAE_LOSS_DEFAULTS,
+        **{k: tiny[k] for k in VAE_LOSS_DEFAULTS if k in tiny},
+    }
     assert VAE_LOSS_DEFAULTS == {"rec_loss": "smooth_l1", "kl_weight": 1e-4, "joints_weight": 1.0}
 
 
@@ -83,8 +103,11 @@ def test_vae_loss_setting_errors(data_root, tmp_path):
 
 
 def test_vae_position_tables_start_as_a_sinusoid():
-    vae = MotionVAE(VAEConfig(latent_size=2, latent_dim=8, hidden_dim=16, ff_size=32, num_layers=1,
-                              num_heads=2, max_len=50))
+    vae = MotionVAE(
+        VAEConfig(
+            latent_size=2, latent_dim=8, hidden_dim=16, ff_size=32, num_layers=1, num_heads=2, max_len=50
+        )
+    )
     table = sinusoidal_table(50, 16)[:, None]
     torch.testing.assert_close(vae.query_pos_encoder.pe.detach(), table, rtol=0, atol=0)
     torch.testing.assert_close(vae.query_pos_decoder.pe.detach(), table, rtol=0, atol=0)
@@ -95,8 +118,29 @@ def test_vae_loss_flags_of_the_cli_reach_the_checkpoint(data_root, tmp_path):
     from easytune.cli import main
 
     out = tmp_path / "cli.pt"
-    assert main(["pretrain", "vae", "--data", str(data_root), "--out", str(out), "--steps", "1",
-                 "--batch-size", "4", "--no-progress", "--rec-loss", "smooth_l1", "--kl-weight", "0.01",
-                 "--joints-weight", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "vae",
+                "--data",
+                str(data_root),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                "--rec-loss",
+                "smooth_l1",
+                "--kl-weight",
+                "0.01",
+                "--joints-weight",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     train = load_checkpoint(out)["meta"]["train"]
     assert (train["rec_loss"], train["kl_weight"], train["joints_weight"]) == ("smooth_l1", 0.01, 0.5)

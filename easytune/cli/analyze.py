@@ -26,8 +26,12 @@ log = logging.getLogger("easytune.analyze")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("analyze", help="per-step Jacobian norms and DRaFT-K gradient shares",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "analyze",
+        help="per-step Jacobian norms and DRaFT-K gradient shares",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--base", default="default", help="MLD / MDM checkpoint ('default': embedded tiny MLD)")
     p.add_argument("--reward", default="default", help="reward checkpoint ('default': embedded SPL model)")
     p.add_argument("--data", default=None, help="dataset folder for prompts (default: the base model's)")
@@ -95,8 +99,13 @@ def _run(args: argparse.Namespace) -> int:
         for j in range(args.trajectories):
             captions, lengths = prompts.draw(j, args.batch)
             batch = objective.batch(captions, lengths, device)
-            step = analysis.GuidedDDIMStep(objective.denoise, gen.scheduler, batch["cond"],
-                                           batch["uncond"] if w != 1.0 else None, guidance_scale=w)
+            step = analysis.GuidedDDIMStep(
+                objective.denoise,
+                gen.scheduler,
+                batch["cond"],
+                batch["uncond"] if w != 1.0 else None,
+                guidance_scale=w,
+            )
 
             def reward_of(x0: torch.Tensor, batch: dict[str, Any] = batch) -> torch.Tensor:
                 feats = objective.decode(x0, batch) if gen.decode is not None else x0
@@ -104,16 +113,33 @@ def _run(args: argparse.Namespace) -> int:
 
             x_T = torch.randn((args.batch, *gen.latent_shape), generator=rng).to(device)
             x_T = x_T * gen.scheduler.init_noise_sigma
-            analyses.append(analysis.analyze_trajectory(
-                step, x_T, params, reward_of, k=args.k, iters=args.iters, probes=args.probes,
-                generator=rng))
-            log.info("trajectory batch %d/%d done (%.1f s)", j + 1, args.trajectories,
-                     time.perf_counter() - start)
+            analyses.append(
+                analysis.analyze_trajectory(
+                    step,
+                    x_T,
+                    params,
+                    reward_of,
+                    k=args.k,
+                    iters=args.iters,
+                    probes=args.probes,
+                    generator=rng,
+                )
+            )
+            log.info(
+                "trajectory batch %d/%d done (%.1f s)", j + 1, args.trajectories, time.perf_counter() - start
+            )
     summary = analysis.summarize(analyses, iters=args.iters, probes=args.probes)
     summary["config"] = {
-        "base": str(args.base), "reward": str(args.reward), "data": str(data), "kind": gen.kind,
-        "guidance_scale": w, "prediction_type": gen.scheduler.config.prediction_type,
-        "latent_shape": list(gen.latent_shape), "batch": args.batch, "seed": args.seed, "device": str(device),
+        "base": str(args.base),
+        "reward": str(args.reward),
+        "data": str(data),
+        "kind": gen.kind,
+        "guidance_scale": w,
+        "prediction_type": gen.scheduler.config.prediction_type,
+        "latent_shape": list(gen.latent_shape),
+        "batch": args.batch,
+        "seed": args.seed,
+        "device": str(device),
         "seconds": time.perf_counter() - start,
     }
     print(analysis.format_table(summary))

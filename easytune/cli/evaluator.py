@@ -58,8 +58,9 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         log_every=args.log_every,
     )
-    train_evaluator(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
-                    device=args.device)
+    train_evaluator(
+        args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
+    )
     print(f"wrote {args.out}")
     return 0
 

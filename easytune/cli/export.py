@@ -17,19 +17,34 @@ LOCAL_PATH_KEYS = ("data", "init")  # meta entries that name files on the traini
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("export", help="inference-only copy of a training checkpoint",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="inference-only copy of a training checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("ckpt", help="training checkpoint (pretrain, finetune, reward or evaluator training)")
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA ones exist")
-    p.add_argument("--no-data-path", action="store_true",
-                   help="leave out the local paths of the training data and init checkpoint (for "
-                        "checkpoints you ship); Mean/Std stay")
+    p.add_argument(
+        "--no-data-path",
+        action="store_true",
+        help="leave out the local paths of the training data and init checkpoint (for "
+        "checkpoints you ship); Mean/Std stay",
+    )
     p.add_argument("--source", default=None, help="a line on where the checkpoint comes from (meta.source)")
-    p.add_argument("--max-frames", type=int, default=None,
-                   help="MLD: keep only the VAE position rows for motions of up to N frames")
-    p.add_argument("--max-text-tokens", type=int, default=None,
-                   help="MLD: keep only the denoiser position rows for up to N text tokens (1: a sentence)")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="MLD: keep only the VAE position rows for motions of up to N frames",
+    )
+    p.add_argument(
+        "--max-text-tokens",
+        type=int,
+        default=None,
+        help="MLD: keep only the denoiser position rows for up to N text tokens (1: a sentence)",
+    )
     p.set_defaults(func=_run)
 
 

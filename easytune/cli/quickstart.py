@@ -15,13 +15,20 @@ def register(subparsers: Any) -> None:
     from easytune.config import add_arguments
     from easytune.quickstart_config import QuickstartConfig
 
-    p = subparsers.add_parser("quickstart", help="EasyTune vs DRaFT-K on the embedded tiny models",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "quickstart",
+        help="EasyTune vs DRaFT-K on the embedded tiny models",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", metavar="YAML", help="YAML file of options (flags given override it)")
     add_arguments(p, QuickstartConfig)  # every option: a QuickstartConfig field
     p.add_argument("--json", default=None, help="also write the table's rows here")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="first rebuild the tiny models with easytune/assets/build_assets.sh")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="first rebuild the tiny models with easytune/assets/build_assets.sh",
+    )
     p.set_defaults(func=_run)
 
 

@@ -161,8 +161,9 @@ def _refine(args: argparse.Namespace) -> int:
         spl_high_sim=args.spl_high_sim,
         spl_double_temperature=args.spl_double_temperature,
     )
-    refine_spl(args.init, args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite,
-               device=args.device)
+    refine_spl(
+        args.init, args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -18,26 +18,40 @@ from easytune.cli._common import DEVICE_HELP
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("sample", help="generate a motion from text with an MLD or MDM checkpoint",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True,
-                   help="MLD / MDM checkpoint (easytune's or a reference one; 'default': the embedded "
-                        "tiny MLD)")
+    p = subparsers.add_parser(
+        "sample",
+        help="generate a motion from text with an MLD or MDM checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="MLD / MDM checkpoint (easytune's or a reference one; 'default': the embedded tiny MLD)",
+    )
     p.add_argument("--text", required=True, help="the caption, e.g. 'a person jumps twice'")
     p.add_argument("--length", type=int, default=120, help="frames (20 fps for HumanML3D)")
     p.add_argument("--out", required=True, help="output .npy: de-normalised features [T, 263]")
-    p.add_argument("--render", default=None,
-                   help="also render to .gif / .mp4 (animation) or .png (frame strip)")
+    p.add_argument(
+        "--render", default=None, help="also render to .gif / .mp4 (animation) or .png (frame strip)"
+    )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="CFG scale (default: the checkpoint's; 7.5 MLD, 2.5 MDM)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's; 7.5 MLD, 2.5 MDM)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-encoder", default=None, metavar="SPEC",
-                   help="text encoder spec (default: the one the checkpoint was trained with)")
-    p.add_argument("--data", default=None,
-                   help="dataset folder whose Mean/Std de-normalise (default: the checkpoint's)")
-    p.add_argument("--no-ema", action="store_true",
-                   help="use the raw weights even if the checkpoint has EMA ones")
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        metavar="SPEC",
+        help="text encoder spec (default: the one the checkpoint was trained with)",
+    )
+    p.add_argument(
+        "--data", default=None, help="dataset folder whose Mean/Std de-normalise (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--no-ema", action="store_true", help="use the raw weights even if the checkpoint has EMA ones"
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_run)
 
@@ -53,17 +67,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.length < 1:
         raise ConfigError(f"--steps and --length must be >= 1, got {args.steps} and {args.length}")
 
-    gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.data, use_ema=not args.no_ema,
-                         device=args.device)
-    feats = gen.sample([args.text], [args.length], steps=args.steps, guidance_scale=args.guidance,
-                       seed=args.seed)[0]
+    gen = load_generator(
+        args.ckpt, text_encoder=args.text_encoder, data=args.data, use_ema=not args.no_ema, device=args.device
+    )
+    feats = gen.sample(
+        [args.text], [args.length], steps=args.steps, guidance_scale=args.guidance, seed=args.seed
+    )[0]
     if not np.isfinite(feats).all():
         raise DataError(f"sample: the generated motion holds NaN or inf; nothing written to {args.out}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
-    print(f"wrote {out}: de-normalised features {feats.shape} ({gen.kind}, {args.steps} DDIM steps, "
-          f"guidance {gen.guidance_scale if args.guidance is None else args.guidance})")
+    print(
+        f"wrote {out}: de-normalised features {feats.shape} ({gen.kind}, {args.steps} DDIM steps, "
+        f"guidance {gen.guidance_scale if args.guidance is None else args.guidance})"
+    )
     if args.render:
         from easytune.render import render_file
 

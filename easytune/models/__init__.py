@@ -9,6 +9,16 @@ from easytune.models.mld import MLD, DenoiserConfig, LatentDenoiser, MotionVAE, 
 from easytune.models.presets import PRESETS, build_model, get_preset, model_config
 
 __all__ = [
-    "MDM", "MDMConfig", "MLD", "DenoiserConfig", "LatentDenoiser", "MotionVAE", "VAEConfig", "load_vae",
-    "PRESETS", "build_model", "get_preset", "model_config",
+    "MDM",
+    "MDMConfig",
+    "MLD",
+    "DenoiserConfig",
+    "LatentDenoiser",
+    "MotionVAE",
+    "VAEConfig",
+    "load_vae",
+    "PRESETS",
+    "build_model",
+    "get_preset",
+    "model_config",
 ]

@@ -72,8 +72,14 @@ class MultiheadAttention(nn.Module):
         else:
             q = F.linear(x, self.in_proj_weight[:c], self.in_proj_bias[:c])
             k, v = F.linear(memory, self.in_proj_weight[c:], self.in_proj_bias[c:]).chunk(2, dim=-1)
-        out = attention(self._heads(q), self._heads(k), self._heads(v), q_lengths=q_lengths,
-                        kv_lengths=kv_lengths, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            q_lengths=q_lengths,
+            kv_lengths=kv_lengths,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], c))
 
 
@@ -83,8 +89,15 @@ class TransformerEncoderLayer(nn.Module):
     ``forward(x [B, T, C], lengths [B] | None) -> [B, T, C]``.
     """
 
-    def __init__(self, d_model: int, num_heads: int, ff_size: int, dropout: float = 0.1,
-                 act: str = "gelu", norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        ff_size: int,
+        dropout: float = 0.1,
+        act: str = "gelu",
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, dropout)
         self.linear1 = nn.Linear(d_model, ff_size)
@@ -107,8 +120,15 @@ class TransformerDecoderLayer(nn.Module):
     ``forward(x [B, T, C], memory [B, M, C], lengths [B] | None) -> [B, T, C]``.
     """
 
-    def __init__(self, d_model: int, num_heads: int, ff_size: int, dropout: float = 0.1,
-                 act: str = "gelu", norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        ff_size: int,
+        dropout: float = 0.1,
+        act: str = "gelu",
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, dropout)
         self.multihead_attn = MultiheadAttention(d_model, num_heads, dropout)
@@ -123,8 +143,9 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.activation = activation(act)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.norm1(x + self.dropout1(self.self_attn(x, q_lengths=lengths, kv_lengths=lengths)))
         x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, q_lengths=lengths)))
         return self.norm3(x + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x))))))
@@ -140,12 +161,14 @@ class _SkipStack(nn.Module):
 
     gradient_checkpointing = False
 
-    def __init__(self, make_layer: Callable[[], nn.Module], num_layers: int, d_model: int,
-                 norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self, make_layer: Callable[[], nn.Module], num_layers: int, d_model: int, norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         if num_layers < 1 or num_layers % 2 != 1:
-            raise ConfigError(f"a skip transformer needs an odd number of layers >= 1, "
-                              f"got num_layers={num_layers}")
+            raise ConfigError(
+                f"a skip transformer needs an odd number of layers >= 1, got num_layers={num_layers}"
+            )
         n = (num_layers - 1) // 2
         self.input_blocks = nn.ModuleList(make_layer() for _ in range(n))
         self.middle_block = make_layer()
@@ -186,10 +209,22 @@ def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
 class SkipTransformerEncoder(_SkipStack):
     """MLD's ``SkipTransformerEncoder``: ``forward(x [B, T, C], lengths) -> [B, T, C]``."""
 
-    def __init__(self, d_model: int, num_heads: int, ff_size: int, num_layers: int, dropout: float = 0.1,
-                 act: str = "gelu", norm_eps: float = 1e-5) -> None:
-        super().__init__(lambda: TransformerEncoderLayer(d_model, num_heads, ff_size, dropout, act, norm_eps),
-                         num_layers, d_model, norm_eps)
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        ff_size: int,
+        num_layers: int,
+        dropout: float = 0.1,
+        act: str = "gelu",
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(
+            lambda: TransformerEncoderLayer(d_model, num_heads, ff_size, dropout, act, norm_eps),
+            num_layers,
+            d_model,
+            norm_eps,
+        )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(x, lambda block, h: block(h, lengths))
@@ -199,13 +234,26 @@ class SkipTransformerDecoder(_SkipStack):
     """Skip-connected decoder (MLD ``SkipTransformerDecoder``): queries ``x [B, T, C]`` attend to ``memory``
     [B, M, C] (all valid); ``forward(x, memory, lengths) -> [B, T, C]``."""
 
-    def __init__(self, d_model: int, num_heads: int, ff_size: int, num_layers: int, dropout: float = 0.1,
-                 act: str = "gelu", norm_eps: float = 1e-5) -> None:
-        super().__init__(lambda: TransformerDecoderLayer(d_model, num_heads, ff_size, dropout, act, norm_eps),
-                         num_layers, d_model, norm_eps)
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        ff_size: int,
+        num_layers: int,
+        dropout: float = 0.1,
+        act: str = "gelu",
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(
+            lambda: TransformerDecoderLayer(d_model, num_heads, ff_size, dropout, act, norm_eps),
+            num_layers,
+            d_model,
+            norm_eps,
+        )
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self._run(x, lambda block, h: block(h, memory, lengths))
 
 
@@ -219,8 +267,10 @@ class LearnedPositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.pe.shape[0]:
-            raise ConfigError(f"sequence of {x.shape[1]} positions (frames or tokens) is longer than the "
-                              f"learned positional table ({self.pe.shape[0]} rows); use shorter motions")
+            raise ConfigError(
+                f"sequence of {x.shape[1]} positions (frames or tokens) is longer than the "
+                f"learned positional table ({self.pe.shape[0]} rows); use shorter motions"
+            )
         return x + self.pe[: x.shape[1], 0]
 
 
@@ -234,8 +284,13 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     return table
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
-                       freq_shift: float = 0.0, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(
+    timesteps: torch.Tensor,
+    dim: int,
+    flip_sin_to_cos: bool = True,
+    freq_shift: float = 0.0,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
     """Diffusers-style sinusoidal timestep features: ``timesteps`` [B] -> float32 [B, dim].
 
     Frequencies ``exp(-log(max_period) * i / (dim/2 - freq_shift))``; ``[sin, cos]`` halves, swapped to
@@ -267,7 +322,9 @@ def check_lengths(lengths: torch.Tensor | None, batch: int, frames: int, what: s
     if lengths is None:
         return None
     if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
-        raise ConfigError(f"{what}: lengths must be an integer tensor of shape [{batch}], "
-                          f"got {lengths.dtype} {tuple(lengths.shape)}")
+        raise ConfigError(
+            f"{what}: lengths must be an integer tensor of shape [{batch}], "
+            f"got {lengths.dtype} {tuple(lengths.shape)}"
+        )
     check_range(lengths, 1, frames, what)  # reads a lengths tensor's values once, not at every call
     return lengths

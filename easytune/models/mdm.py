@@ -70,7 +70,8 @@ class _Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(c.latent_dim, c.num_heads, c.ff_size, c.dropout, "gelu")
-            for _ in range(c.num_layers))
+            for _ in range(c.num_layers)
+        )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layers:
@@ -98,8 +99,13 @@ class MDM(nn.Module):
         self.output_process = _Linear("poseFinal", c.latent_dim, c.nfeats)
         self.pos_dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, text_emb: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_emb: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         c = self.config
         if x.dim() != 3 or x.shape[-1] != c.nfeats:
             raise ConfigError(f"MDM: x must be [B, T, {c.nfeats}], got {tuple(x.shape)}")
@@ -111,8 +117,9 @@ class MDM(nn.Module):
             raise ConfigError(f"MDM: timesteps must be a scalar or [{b}], got {tuple(timesteps.shape)}")
         timesteps = timesteps.expand(b)
         if timesteps.dtype.is_floating_point:
-            raise ConfigError(f"MDM: timesteps must be integers (they index the sinusoid table), "
-                              f"got {timesteps.dtype}")
+            raise ConfigError(
+                f"MDM: timesteps must be integers (they index the sinusoid table), got {timesteps.dtype}"
+            )
         if t + 1 > c.max_len:
             raise ConfigError(f"MDM: {t} frames exceed the positional table ({c.max_len - 1} frames max)")
         lengths = check_lengths(lengths, b, t, "MDM")
@@ -149,8 +156,12 @@ class MDM(nn.Module):
             state = model_state_dict(ckpt, path, use_ema)
         else:
             state = dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
-            state = {k: v for k, v in state.items() if not k.startswith("clip_model.")
-                     and k not in ("sequence_pos_encoder.pe", "embed_timestep.sequence_pos_encoder.pe")}
+            state = {
+                k: v
+                for k, v in state.items()
+                if not k.startswith("clip_model.")
+                and k not in ("sequence_pos_encoder.pe", "embed_timestep.sequence_pos_encoder.pe")
+            }
             model = cls(infer_mdm_config(state, str(path), num_heads))
         load_state_dict_strict(model, state, str(path))
         return model
@@ -161,9 +172,16 @@ def infer_mdm_config(sd: Mapping[str, torch.Tensor], source: str, num_heads: int
     ff_key = "seqTransEncoder.layers.0.linear1.weight"
     for key in ("input_process.poseEmbedding.weight", "embed_text.weight", ff_key):
         if key not in sd or not isinstance(sd[key], torch.Tensor):
-            raise CheckpointError(f"{source}: expected MDM key {key!r} to infer the architecture; "
-                                  "not present")
+            raise CheckpointError(
+                f"{source}: expected MDM key {key!r} to infer the architecture; not present"
+            )
     d, nfeats = sd["input_process.poseEmbedding.weight"].shape
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"seqTransEncoder\.layers\.(\d+)\.", k))}
-    return MDMConfig(nfeats=nfeats, latent_dim=d, ff_size=sd[ff_key].shape[0],
-                     num_layers=len(layers), num_heads=num_heads, text_dim=sd["embed_text.weight"].shape[1])
+    return MDMConfig(
+        nfeats=nfeats,
+        latent_dim=d,
+        ff_size=sd[ff_key].shape[0],
+        num_layers=len(layers),
+        num_heads=num_heads,
+        text_dim=sd["embed_text.weight"].shape[1],
+    )

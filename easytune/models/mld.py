@@ -118,8 +118,9 @@ class MotionVAE(nn.Module):
             for table in (self.query_pos_encoder.pe, self.query_pos_decoder.pe):
                 table.copy_(sinusoidal_table(c.max_len, w)[:, None])
 
-    def encode(self, feats: torch.Tensor, lengths: torch.Tensor | None = None, *,
-               sample: bool = True) -> tuple[torch.Tensor, torch.distributions.Normal]:
+    def encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor | None = None, *, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.distributions.Normal]:
         """``feats`` [B, T, nfeats] (padded frames ignored), ``lengths`` int [B] (None = all T valid).
 
         Returns ``z`` [B, latent_size, latent_dim] (a reparameterised draw, or the mean when
@@ -135,7 +136,7 @@ class MotionVAE(nn.Module):
         token_lengths = None if lengths is None else offset(lengths, n_tok)
         tokens = self.encoder(self.query_pos_encoder(tokens), token_lengths)
         dist = self.latent_pre(tokens[:, :n_tok])
-        mu, logvar = dist[:, : c.latent_size], dist[:, c.latent_size:]
+        mu, logvar = dist[:, : c.latent_size], dist[:, c.latent_size :]
         posterior = torch.distributions.Normal(mu, logvar.exp().sqrt())
         return (posterior.rsample() if sample else mu), posterior
 
@@ -145,21 +146,25 @@ class MotionVAE(nn.Module):
         ``2 * latent_size`` distribution tokens the encoder puts in front of the frames."""
         return self.config.max_len - 2 * self.config.latent_size
 
-    def decode(self, z: torch.Tensor, lengths: torch.Tensor | Sequence[int],
-               num_frames: int | None = None) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, lengths: torch.Tensor | Sequence[int], num_frames: int | None = None
+    ) -> torch.Tensor:
         """``z`` [B, latent_size, latent_dim], ``lengths`` int [B] (a tensor, or a list of ints as the
         reference MLD API takes) -> feats [B, T, nfeats] with T = ``num_frames`` or ``max(lengths)``; padded
         frames are exactly zero."""
         c = self.config
         if z.dim() != 3 or z.shape[1:] != (c.latent_size, c.latent_dim):
-            raise ConfigError(f"MotionVAE.decode: z must be [B, {c.latent_size}, {c.latent_dim}], "
-                              f"got {tuple(z.shape)}")
+            raise ConfigError(
+                f"MotionVAE.decode: z must be [B, {c.latent_size}, {c.latent_dim}], got {tuple(z.shape)}"
+            )
         if not isinstance(lengths, torch.Tensor):
             if not isinstance(lengths, (list, tuple)) or not all(
                 isinstance(n, int) and not isinstance(n, bool) for n in lengths
             ):
-                raise ConfigError(f"MotionVAE.decode: lengths must be an integer tensor [B] or a list of B "
-                                  f"ints (frames per sample), got {type(lengths).__name__} {lengths!r:.80}")
+                raise ConfigError(
+                    f"MotionVAE.decode: lengths must be an integer tensor [B] or a list of B "
+                    f"ints (frames per sample), got {type(lengths).__name__} {lengths!r:.80}"
+                )
             lengths = torch.tensor(lengths, dtype=torch.int64, device=z.device)
         t = int(lengths.max()) if num_frames is None else num_frames
         lengths = check_lengths(lengths, z.shape[0], t, "MotionVAE.decode")
@@ -168,8 +173,9 @@ class MotionVAE(nn.Module):
         valid = torch.arange(t, device=z.device)[None, :] < lengths[:, None]
         return out * valid[..., None]
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                           torch.distributions.Normal]:
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.distributions.Normal]:
         """Reconstruction: ``(feats_rec [B, T, nfeats], z, posterior)``."""
         z, posterior = self.encode(feats, lengths)
         return self.decode(z, lengths, feats.shape[1]), z, posterior
@@ -190,27 +196,37 @@ class LatentDenoiser(nn.Module):
         self.query_pos = LearnedPositionalEncoding(w, c.max_len)
         self.encoder = SkipTransformerEncoder(w, c.num_heads, c.ff_size, c.num_layers, c.dropout)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         """``sample`` [B, latent_size, latent_dim]; ``timestep`` [B] or a scalar (int or float);
         ``encoder_hidden_states`` [B, L, text_dim] (L = 1: the sentence embedding)
         -> [B, latent_size, latent_dim]."""
         c = self.config
         if sample.dim() != 3 or sample.shape[1:] != (c.latent_size, c.latent_dim):
-            raise ConfigError(f"LatentDenoiser: sample must be [B, {c.latent_size}, {c.latent_dim}], "
-                              f"got {tuple(sample.shape)}")
+            raise ConfigError(
+                f"LatentDenoiser: sample must be [B, {c.latent_size}, {c.latent_dim}], "
+                f"got {tuple(sample.shape)}"
+            )
         b = sample.shape[0]
-        if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[0] != b \
-                or encoder_hidden_states.shape[-1] != c.text_dim:
-            raise ConfigError(f"LatentDenoiser: encoder_hidden_states must be [{b}, L, {c.text_dim}], "
-                              f"got {tuple(encoder_hidden_states.shape)}")
+        if (
+            encoder_hidden_states.dim() != 3
+            or encoder_hidden_states.shape[0] != b
+            or encoder_hidden_states.shape[-1] != c.text_dim
+        ):
+            raise ConfigError(
+                f"LatentDenoiser: encoder_hidden_states must be [{b}, L, {c.text_dim}], "
+                f"got {tuple(encoder_hidden_states.shape)}"
+            )
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         if timestep.numel() not in (1, b):
-            raise ConfigError(f"LatentDenoiser: timestep must be a scalar or [{b}], "
-                              f"got {tuple(timestep.shape)}")
+            raise ConfigError(
+                f"LatentDenoiser: timestep must be a scalar or [{b}], got {tuple(timestep.shape)}"
+            )
         timestep = timestep.expand(b)
         time_emb = self.time_embedding(
-            timestep_embedding(timestep, c.time_dim, c.flip_sin_to_cos, c.freq_shift).to(sample.dtype))
+            timestep_embedding(timestep, c.time_dim, c.flip_sin_to_cos, c.freq_shift).to(sample.dtype)
+        )
         text_emb = self.emb_proj(encoder_hidden_states)
         tokens = torch.cat([self.latent_pre(sample), time_emb[:, None], text_emb], dim=1)
         out = self.encoder(self.query_pos(tokens))
@@ -220,13 +236,19 @@ class LatentDenoiser(nn.Module):
 # Keys of MLD / MotionLCM / EasyTune Lightning checkpoints that are not part of vae + denoiser:
 # the frozen text encoder, the T2M evaluator, EasyTune's attached reward model, and the original MLD's
 # unused ``mem_pos`` table (created but never used by its ``trans_enc`` denoiser).
-LINEAGE_DROP_PREFIXES = ("text_encoder.", "t2m_textencoder.", "t2m_moveencoder.", "t2m_motionencoder.",
-                         "reward_model.")
+LINEAGE_DROP_PREFIXES = (
+    "text_encoder.",
+    "t2m_textencoder.",
+    "t2m_moveencoder.",
+    "t2m_motionencoder.",
+    "reward_model.",
+)
 LINEAGE_DROP_KEYS = ("denoiser.mem_pos.pe",)
 
 
 def clean_lineage_state_dict(
-        state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Drop the documented non-model keys of a lineage checkpoint: ``(kept, dropped key names)``."""
     kept, dropped = {}, []
     for k, v in state_dict.items():
@@ -249,37 +271,56 @@ def _shape(sd: Mapping[str, torch.Tensor], key: str, source: str) -> tuple[int, 
     return tuple(sd[key].shape)
 
 
-def infer_vae_config(sd: Mapping[str, torch.Tensor], source: str, num_heads: int = 4,
-                     dropout: float = 0.1) -> VAEConfig:
+def infer_vae_config(
+    sd: Mapping[str, torch.Tensor], source: str, num_heads: int = 4, dropout: float = 0.1
+) -> VAEConfig:
     """A ``VAEConfig`` from the shapes of a ``vae.*``-stripped state dict (heads are not stored: given)."""
     w, nfeats = _shape(sd, "skel_embedding.weight", source)
     latent_dim = _shape(sd, "latent_pre.weight", source)[0] if "latent_pre.weight" in sd else w
     return VAEConfig(
-        nfeats=nfeats, latent_size=_shape(sd, "global_motion_token", source)[0] // 2, latent_dim=latent_dim,
+        nfeats=nfeats,
+        latent_size=_shape(sd, "global_motion_token", source)[0] // 2,
+        latent_dim=latent_dim,
         hidden_dim=None if latent_dim == w else w,
         ff_size=_shape(sd, "encoder.middle_block.linear1.weight", source)[0],
-        num_layers=_count_blocks(sd, "encoder."), num_heads=num_heads, dropout=dropout,
-        max_len=_shape(sd, "query_pos_encoder.pe", source)[0])
+        num_layers=_count_blocks(sd, "encoder."),
+        num_heads=num_heads,
+        dropout=dropout,
+        max_len=_shape(sd, "query_pos_encoder.pe", source)[0],
+    )
 
 
-def infer_denoiser_config(sd: Mapping[str, torch.Tensor], source: str, latent_size: int, num_heads: int = 4,
-                          dropout: float = 0.1, text_act: str | None = "auto") -> DenoiserConfig:
+def infer_denoiser_config(
+    sd: Mapping[str, torch.Tensor],
+    source: str,
+    latent_size: int,
+    num_heads: int = 4,
+    dropout: float = 0.1,
+    text_act: str | None = "auto",
+) -> DenoiserConfig:
     """A ``DenoiserConfig`` from a ``denoiser.*``-stripped state dict. ``text_act="auto"`` is ``relu``
     without latent projections (MLD / EasyTune) and None with them (MotionLCM-V2)."""
     w, text_dim = _shape(sd, "emb_proj.1.weight", source)
     has_proj = "latent_pre.weight" in sd
     latent_dim = _shape(sd, "latent_pre.weight", source)[1] if has_proj else w
     return DenoiserConfig(
-        latent_size=latent_size, latent_dim=latent_dim, hidden_dim=w if has_proj else None, text_dim=text_dim,
+        latent_size=latent_size,
+        latent_dim=latent_dim,
+        hidden_dim=w if has_proj else None,
+        text_dim=text_dim,
         time_dim=_shape(sd, "time_embedding.linear_1.weight", source)[1],
         ff_size=_shape(sd, "encoder.middle_block.linear1.weight", source)[0],
-        num_layers=_count_blocks(sd, "encoder."), num_heads=num_heads, dropout=dropout,
+        num_layers=_count_blocks(sd, "encoder."),
+        num_heads=num_heads,
+        dropout=dropout,
         text_act=(None if has_proj else "relu") if text_act == "auto" else text_act,
-        max_len=_shape(sd, "query_pos.pe", source)[0])
+        max_len=_shape(sd, "query_pos.pe", source)[0],
+    )
 
 
-def model_state_dict(ckpt: Mapping[str, Any], path: str | os.PathLike,
-                     use_ema: bool) -> dict[str, torch.Tensor]:
+def model_state_dict(
+    ckpt: Mapping[str, Any], path: str | os.PathLike, use_ema: bool
+) -> dict[str, torch.Tensor]:
     """A checkpoint's ``state_dict``, with its ``ema`` weights (same key names) laid over when ``use_ema``."""
     if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], Mapping):
         raise CheckpointError(f"{path}: expected a 'state_dict' entry with the model weights")
@@ -295,8 +336,10 @@ class MLD(nn.Module):
     def __init__(self, vae: VAEConfig, denoiser: DenoiserConfig) -> None:
         super().__init__()
         if (vae.latent_size, vae.latent_dim) != (denoiser.latent_size, denoiser.latent_dim):
-            raise ConfigError(f"VAE latent [{vae.latent_size}, {vae.latent_dim}] and denoiser latent "
-                              f"[{denoiser.latent_size}, {denoiser.latent_dim}] differ")
+            raise ConfigError(
+                f"VAE latent [{vae.latent_size}, {vae.latent_dim}] and denoiser latent "
+                f"[{denoiser.latent_size}, {denoiser.latent_dim}] differ"
+            )
         self.vae = MotionVAE(vae)
         self.denoiser = LatentDenoiser(denoiser)
 
@@ -321,8 +364,10 @@ class MLD(nn.Module):
             plans += [(self.denoiser, (self.denoiser.query_pos,), rows)]
         for module, tables, rows in plans:
             if not 1 <= rows <= module.config.max_len:
-                raise ConfigError(f"trim_positions: {type(module).__name__} has {module.config.max_len} "
-                                  f"position rows; cannot keep {rows}")
+                raise ConfigError(
+                    f"trim_positions: {type(module).__name__} has {module.config.max_len} "
+                    f"position rows; cannot keep {rows}"
+                )
             for table in tables:
                 kept = table.pe.detach()[:rows].clone()
                 table.pe = nn.Parameter(kept, requires_grad=table.pe.requires_grad)
@@ -331,14 +376,23 @@ class MLD(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MLD:
         if config.get("kind") != "mld" or "vae" not in config or "denoiser" not in config:
-            raise ConfigError(f"an MLD config needs kind='mld', 'vae' and 'denoiser' entries, "
-                              f"got keys {sorted(config)}")
-        return cls(config_from_dict(VAEConfig, config["vae"], "config.vae"),
-                   config_from_dict(DenoiserConfig, config["denoiser"], "config.denoiser"))
+            raise ConfigError(
+                f"an MLD config needs kind='mld', 'vae' and 'denoiser' entries, got keys {sorted(config)}"
+            )
+        return cls(
+            config_from_dict(VAEConfig, config["vae"], "config.vae"),
+            config_from_dict(DenoiserConfig, config["denoiser"], "config.denoiser"),
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = True, num_heads: int = 4,
-                        text_act: str | None = "auto") -> MLD:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        num_heads: int = 4,
+        text_act: str | None = "auto",
+    ) -> MLD:
         """Load an easytune MLD checkpoint (has ``config``; EMA weights preferred when ``use_ema``) or a
         MLD / MotionLCM / EasyTune Lightning checkpoint ``{'state_dict': {'vae.*', 'denoiser.*', ...}}``.
 
@@ -359,16 +413,26 @@ class MLD(nn.Module):
             model = cls.from_config(ckpt["config"])
         else:
             if "denoiser.time_embedding.cond_proj.weight" in state:
-                raise CheckpointError(f"{path}: a MotionLCM consistency-distilled denoiser (has "
-                                      "'denoiser.time_embedding.cond_proj.weight'); only DDPM/DDIM "
-                                      "MLD denoisers are supported")
+                raise CheckpointError(
+                    f"{path}: a MotionLCM consistency-distilled denoiser (has "
+                    "'denoiser.time_embedding.cond_proj.weight'); only DDPM/DDIM "
+                    "MLD denoisers are supported"
+                )
             state, dropped = clean_lineage_state_dict(state)
             if dropped:
-                log.info("%s: dropped %d non-model keys (text encoder, evaluator, reward model, mem_pos)",
-                         path, len(dropped))
+                log.info(
+                    "%s: dropped %d non-model keys (text encoder, evaluator, reward model, mem_pos)",
+                    path,
+                    len(dropped),
+                )
             vae_cfg = infer_vae_config(strip_prefix(state, "vae."), f"{path} (vae.*)", num_heads)
-            den_cfg = infer_denoiser_config(strip_prefix(state, "denoiser."), f"{path} (denoiser.*)",
-                                            vae_cfg.latent_size, num_heads, text_act=text_act)
+            den_cfg = infer_denoiser_config(
+                strip_prefix(state, "denoiser."),
+                f"{path} (denoiser.*)",
+                vae_cfg.latent_size,
+                num_heads,
+                text_act=text_act,
+            )
             model = cls(vae_cfg, den_cfg)
         load_state_dict_strict(model, state, str(path))
         return model

@@ -13,6 +13,13 @@ from easytune.ops.guided_step import guided_step, guided_step_ref, to_x0_eps
 from easytune.ops.reward_head import reward_head, reward_head_ref
 
 __all__ = [
-    "attention", "attention_ref", "dispatch", "guided_step", "guided_step_ref", "length_mask",
-    "reward_head", "reward_head_ref", "to_x0_eps",
+    "attention",
+    "attention_ref",
+    "dispatch",
+    "guided_step",
+    "guided_step_ref",
+    "length_mask",
+    "reward_head",
+    "reward_head_ref",
+    "to_x0_eps",
 ]

@@ -49,12 +49,17 @@ def reasons(module: str, tensors: dict[str, torch.Tensor | None]) -> list[str]:
     dtypes = {t.dtype for t in given.values()}
     device = next(iter(devices)) if devices else torch.device("cpu")
     if device.type == "cpu" and not interpreting():
-        out.append("tensors are on the CPU: the Triton kernels need CUDA tensors "
-                   "(TRITON_INTERPRET=1 runs them in the CPU interpreter, for tests)")
+        out.append(
+            "tensors are on the CPU: the Triton kernels need CUDA tensors "
+            "(TRITON_INTERPRET=1 runs them in the CPU interpreter, for tests)"
+        )
     elif device.type not in ("cpu", "cuda"):
         out.append(f"tensors are on {device.type}: the Triton kernels need CUDA tensors")
-    elif (device.type == "cuda" and torch.bfloat16 in dtypes
-          and torch.cuda.get_device_capability(device) < (8, 0)):
+    elif (
+        device.type == "cuda"
+        and torch.bfloat16 in dtypes
+        and torch.cuda.get_device_capability(device) < (8, 0)
+    ):
         out.append(f"bfloat16 needs compute capability >= 8.0 ({torch.cuda.get_device_name(device)})")
     if not out:
         error = _import_error(module)
@@ -66,6 +71,8 @@ def reasons(module: str, tensors: dict[str, torch.Tensor | None]) -> list[str]:
 def auto_reasons(**_: object) -> list[str]:
     """Why ``auto`` must not pick the Triton kernels even though an explicit choice would run them."""
     if interpreting():
-        return ["TRITON_INTERPRET=1: the kernels would run in Triton's CPU interpreter, which is for tests "
-                "(pass backend='triton' to run it anyway)"]
+        return [
+            "TRITON_INTERPRET=1: the kernels would run in Triton's CPU interpreter, which is for tests "
+            "(pass backend='triton' to run it anyway)"
+        ]
     return []

@@ -93,14 +93,21 @@ def _reasons_triton(q, k, v, **_):
 def _auto_reasons_triton(q, **_):
     reasons = _triton.auto_reasons()
     if q.dtype == torch.float32 and q.device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32:
-        reasons.append("float32 without TF32: the kernel's IEEE fp32 dot spills registers (docs/kernels.md), "
-                       "auto prefers the next backend")
+        reasons.append(
+            "float32 without TF32: the kernel's IEEE fp32 dot spills registers (docs/kernels.md), "
+            "auto prefers the next backend"
+        )
     return reasons
 
 
-dispatch.register("attention", "triton", _attention_triton, _reasons_triton,
-                  auto_reasons=_auto_reasons_triton,
-                  capabilities=replace(_triton.CAPABILITIES, head_dims=TRITON_HEAD_DIMS))
+dispatch.register(
+    "attention",
+    "triton",
+    _attention_triton,
+    _reasons_triton,
+    auto_reasons=_auto_reasons_triton,
+    capabilities=replace(_triton.CAPABILITIES, head_dims=TRITON_HEAD_DIMS),
+)
 dispatch.register("attention", "sdpa", _attention_sdpa)
 dispatch.register("attention", "math", _attention_math, capabilities=dispatch.Capabilities(dropout=False))
 
@@ -108,22 +115,30 @@ dispatch.register("attention", "math", _attention_math, capabilities=dispatch.Ca
 def _check_inputs(q, k, v, q_lengths=None, kv_lengths=None, dropout_p=0.0):
     """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ConfigError(f"attention expects q, k, v of shape [B, H, T, D], got {tuple(q.shape)}, "
-                          f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ConfigError(
+            f"attention expects q, k, v of shape [B, H, T, D], got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ConfigError(f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                          f"v {tuple(v.shape)} (expected q [B, H, Tq, D], k and v [B, H, Tk, D])")
+        raise ConfigError(
+            f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)} (expected q [B, H, Tq, D], k and v [B, H, Tk, D])"
+        )
     if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
-        raise ConfigError(f"attention: q, k, v must share dtype and device, got {q.dtype}/{q.device}, "
-                          f"{k.dtype}/{k.device}, {v.dtype}/{v.device}")
+        raise ConfigError(
+            f"attention: q, k, v must share dtype and device, got {q.dtype}/{q.device}, "
+            f"{k.dtype}/{k.device}, {v.dtype}/{v.device}"
+        )
     if not 0.0 <= dropout_p < 1.0:
         raise ConfigError(f"attention: dropout_p must lie in [0, 1), got {dropout_p}")
     for name, lengths in (("q_lengths", q_lengths), ("kv_lengths", kv_lengths)):
         if lengths is None:
             continue
         if lengths.shape != (q.shape[0],) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-            raise ConfigError(f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
-                              f"got {lengths.dtype} {tuple(lengths.shape)}")
+            raise ConfigError(
+                f"attention: {name} must be an integer tensor of shape [{q.shape[0]}], "
+                f"got {lengths.dtype} {tuple(lengths.shape)}"
+            )
 
 
 def _check_lengths_range(q, k, q_lengths, kv_lengths):
@@ -150,12 +165,30 @@ def attention(
     ``scale`` defaults to 1/sqrt(D). ``backend``: ``auto | triton | cuda | sdpa | xformers | flash | math``
     (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
-    key = None if dispatch.compiling() else (
-        _meta(q), _meta(k), _meta(v), q_lengths is None or _meta(q_lengths),
-        kv_lengths is None or _meta(kv_lengths), dropout_p)
+    key = (
+        None
+        if dispatch.compiling()
+        else (
+            _meta(q),
+            _meta(k),
+            _meta(v),
+            q_lengths is None or _meta(q_lengths),
+            kv_lengths is None or _meta(kv_lengths),
+            dropout_p,
+        )
+    )
     impl = dispatch.cached("attention", backend, key) or dispatch.resolve(
-        "attention", backend, _check_inputs, key=key, q=q, k=k, v=v, q_lengths=q_lengths,
-        kv_lengths=kv_lengths, dropout_p=dropout_p)
+        "attention",
+        backend,
+        _check_inputs,
+        key=key,
+        q=q,
+        k=k,
+        v=v,
+        q_lengths=q_lengths,
+        kv_lengths=kv_lengths,
+        dropout_p=dropout_p,
+    )
     if q_lengths is not None or kv_lengths is not None:
         _check_lengths_range(q, k, q_lengths, kv_lengths)
     return impl.fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)

@@ -37,13 +37,19 @@ class VarlenLayout:
 
     def cu_seqlens(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative int32 offsets [n + 1] of the packed queries and keys (flash-attn's format)."""
+
         def cumulative(lengths: list[int]) -> torch.Tensor:
             return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+
         return cumulative(self.q_seqlens), cumulative(self.kv_seqlens)
 
 
 def varlen_layout(
-    q_lengths: torch.Tensor | None, kv_lengths: torch.Tensor | None, batch: int, tq: int, tk: int,
+    q_lengths: torch.Tensor | None,
+    kv_lengths: torch.Tensor | None,
+    batch: int,
+    tq: int,
+    tk: int,
     device: torch.device,
 ) -> VarlenLayout:
     """The packing of a padded batch whose frame j of sample b is valid iff j < lengths[b]."""
@@ -52,8 +58,12 @@ def varlen_layout(
     keep = (q_len > 0) & (kv_len > 0)
     q_len, kv_len = q_len * keep, kv_len * keep
     kept = keep.nonzero().flatten()
-    return VarlenLayout(length_mask(q_len, tq, device), length_mask(kv_len, tk, device),
-                        q_len[kept].tolist(), kv_len[kept].tolist())
+    return VarlenLayout(
+        length_mask(q_len, tq, device),
+        length_mask(kv_len, tk, device),
+        q_len[kept].tolist(),
+        kv_len[kept].tolist(),
+    )
 
 
 def packed_attention(
@@ -103,8 +113,9 @@ def _attention_xformers(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dr
 
     def run(qp, kp, vp, layout):
         bias = xops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(layout.q_seqlens, layout.kv_seqlens)
-        return xops.memory_efficient_attention(qp[None], kp[None], vp[None], attn_bias=bias, p=dropout_p,
-                                               scale=scale)[0]
+        return xops.memory_efficient_attention(
+            qp[None], kp[None], vp[None], attn_bias=bias, p=dropout_p, scale=scale
+        )[0]
 
     return packed_attention(q, k, v, q_lengths, kv_lengths, run)
 
@@ -115,15 +126,36 @@ def _attention_flash(q, k, v, q_lengths=None, kv_lengths=None, scale=None, dropo
     def run(qp, kp, vp, layout):
         cu_q, cu_k = layout.cu_seqlens(q.device)
         return flash_attn.flash_attn_varlen_func(
-            qp, kp, vp, cu_q, cu_k, max(layout.q_seqlens), max(layout.kv_seqlens), dropout_p=dropout_p,
-            softmax_scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, causal=False)
+            qp,
+            kp,
+            vp,
+            cu_q,
+            cu_k,
+            max(layout.q_seqlens),
+            max(layout.kv_seqlens),
+            dropout_p=dropout_p,
+            softmax_scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
+            causal=False,
+        )
 
     return packed_attention(q, k, v, q_lengths, kv_lengths, run)
 
 
-dispatch.register("attention", "xformers", _attention_xformers, _reasons_xformers,
-                  capabilities=dispatch.Capabilities(devices=("cuda",),
-                                                     dtypes=(torch.float32, torch.float16, torch.bfloat16)))
-dispatch.register("attention", "flash", _attention_flash, _reasons_flash,
-                  capabilities=dispatch.Capabilities(
-                      devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), max_head_dim=256))
+dispatch.register(
+    "attention",
+    "xformers",
+    _attention_xformers,
+    _reasons_xformers,
+    capabilities=dispatch.Capabilities(
+        devices=("cuda",), dtypes=(torch.float32, torch.float16, torch.bfloat16)
+    ),
+)
+dispatch.register(
+    "attention",
+    "flash",
+    _attention_flash,
+    _reasons_flash,
+    capabilities=dispatch.Capabilities(
+        devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), max_head_dim=256
+    ),
+)

@@ -87,13 +87,31 @@ def guided_step_ref(
     return guided, x0, prev
 
 
-def _guided_step_math(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=1.0,
-                      prediction_type="epsilon", eta=0.0, noise=None):
+def _guided_step_math(
+    model_cond,
+    model_uncond,
+    sample,
+    alpha_prod_t,
+    alpha_prod_t_prev,
+    guidance_scale=1.0,
+    prediction_type="epsilon",
+    eta=0.0,
+    noise=None,
+):
     """``guided_step_ref`` with fewer ops when ``eta == 0`` (the deterministic step of every sampler and
     trainer): the variance term is then exactly zero, so the result is bit-identical (tested)."""
     if isinstance(eta, torch.Tensor) or eta != 0:
-        return guided_step_ref(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
-                               guidance_scale, prediction_type, eta, noise)
+        return guided_step_ref(
+            model_cond,
+            model_uncond,
+            sample,
+            alpha_prod_t,
+            alpha_prod_t_prev,
+            guidance_scale,
+            prediction_type,
+            eta,
+            noise,
+        )
     guided = model_cond
     if model_uncond is not None:
         guided = model_uncond + guidance_scale * (model_cond - model_uncond)
@@ -102,39 +120,88 @@ def _guided_step_math(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod
     return guided, x0, a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
-def _guided_step_triton(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev, guidance_scale=1.0,
-                        prediction_type="epsilon", eta=0.0, noise=None):
+def _guided_step_triton(
+    model_cond,
+    model_uncond,
+    sample,
+    alpha_prod_t,
+    alpha_prod_t_prev,
+    guidance_scale=1.0,
+    prediction_type="epsilon",
+    eta=0.0,
+    noise=None,
+):
     from easytune_kernels.guided_step import guided_step as triton_guided_step
 
-    return triton_guided_step(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
-                              guidance_scale, prediction_type, eta, noise)
+    return triton_guided_step(
+        model_cond,
+        model_uncond,
+        sample,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        guidance_scale,
+        prediction_type,
+        eta,
+        noise,
+    )
 
 
-def _reasons_triton(model_cond, model_uncond=None, sample=None, eta=0.0, noise=None, alpha_prod_t=None,
-                    alpha_prod_t_prev=None, guidance_scale=1.0, **_):
-    reasons = [f"{name} requires grad (the Triton step treats the alphas as constants)"
-               for name, alpha in (("alpha_prod_t", alpha_prod_t), ("alpha_prod_t_prev", alpha_prod_t_prev))
-               if isinstance(alpha, torch.Tensor) and alpha.requires_grad]
+def _reasons_triton(
+    model_cond,
+    model_uncond=None,
+    sample=None,
+    eta=0.0,
+    noise=None,
+    alpha_prod_t=None,
+    alpha_prod_t_prev=None,
+    guidance_scale=1.0,
+    **_,
+):
+    reasons = [
+        f"{name} requires grad (the Triton step treats the alphas as constants)"
+        for name, alpha in (("alpha_prod_t", alpha_prod_t), ("alpha_prod_t_prev", alpha_prod_t_prev))
+        if isinstance(alpha, torch.Tensor) and alpha.requires_grad
+    ]
     for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):
         if isinstance(value, torch.Tensor):
             reasons.append(f"{name} is a tensor (the Triton step takes a Python number)")
-    tensors = {"model_cond": model_cond, "model_uncond": model_uncond, "sample": sample,
-               "noise": noise if eta > 0 else None}
+    tensors = {
+        "model_cond": model_cond,
+        "model_uncond": model_uncond,
+        "sample": sample,
+        "noise": noise if eta > 0 else None,
+    }
     return reasons + _triton.reasons("guided_step", tensors)
 
 
-dispatch.register("guided_step", "triton", _guided_step_triton, _reasons_triton,
-                  auto_reasons=_triton.auto_reasons, capabilities=_triton.CAPABILITIES)
+dispatch.register(
+    "guided_step",
+    "triton",
+    _guided_step_triton,
+    _reasons_triton,
+    auto_reasons=_triton.auto_reasons,
+    capabilities=_triton.CAPABILITIES,
+)
 dispatch.register("guided_step", "math", _guided_step_math)
 
 
-def _check_inputs(model_cond, model_uncond=None, sample=None, eta=0.0, noise=None, prediction_type="epsilon",
-                  alpha_prod_t=None, alpha_prod_t_prev=None, guidance_scale=1.0):
+def _check_inputs(
+    model_cond,
+    model_uncond=None,
+    sample=None,
+    eta=0.0,
+    noise=None,
+    prediction_type="epsilon",
+    alpha_prod_t=None,
+    alpha_prod_t_prev=None,
+    guidance_scale=1.0,
+):
     """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
     alphas = (alpha_prod_t, alpha_prod_t_prev)
     if prediction_type not in PREDICTION_TYPES:
-        raise ConfigError(f"guided_step: prediction_type must be one of {PREDICTION_TYPES}, "
-                          f"got {prediction_type!r}")
+        raise ConfigError(
+            f"guided_step: prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
     if sample.dim() == 0:
         raise ConfigError("guided_step: sample must have a batch dimension [B, ...], got a scalar")
     if not isinstance(eta, torch.Tensor) and eta < 0:
@@ -144,13 +211,16 @@ def _check_inputs(model_cond, model_uncond=None, sample=None, eta=0.0, noise=Non
     others = {"model_cond": model_cond, "model_uncond": model_uncond, "noise": noise if eta > 0 else None}
     for name, t in others.items():
         if t is not None and t.shape != sample.shape:
-            raise ConfigError(f"guided_step: {name} must have the shape of sample {tuple(sample.shape)}, "
-                              f"got {tuple(t.shape)}")
+            raise ConfigError(
+                f"guided_step: {name} must have the shape of sample {tuple(sample.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
     for name, alpha in zip(("alpha_prod_t", "alpha_prod_t_prev"), alphas):
         shape = tuple(torch.as_tensor(alpha).shape)
         if shape not in ((), (sample.shape[0],)):
-            raise ConfigError(f"guided_step: {name} must be a scalar or have shape [{sample.shape[0]}], "
-                              f"got {shape}")
+            raise ConfigError(
+                f"guided_step: {name} must be a scalar or have shape [{sample.shape[0]}], got {shape}"
+            )
 
 
 def guided_step(
@@ -173,15 +243,44 @@ def guided_step(
     """
     meta, tensor, Tensor = dispatch.input_key, dispatch.tensor_key, torch.Tensor
     # The alphas' device and dtype matter to no check (they are converted); floats key by value.
-    key = None if dispatch.compiling() else (
-        tensor(model_cond), model_uncond is None or tensor(model_uncond), tensor(sample),
-        _alpha_key(alpha_prod_t) if type(alpha_prod_t) is Tensor else meta(alpha_prod_t),
-        _alpha_key(alpha_prod_t_prev) if type(alpha_prod_t_prev) is Tensor else meta(alpha_prod_t_prev),
-        guidance_scale if type(guidance_scale) is float else meta(guidance_scale), prediction_type,
-        eta if type(eta) is float else meta(eta), noise is None or tensor(noise))
+    key = (
+        None
+        if dispatch.compiling()
+        else (
+            tensor(model_cond),
+            model_uncond is None or tensor(model_uncond),
+            tensor(sample),
+            _alpha_key(alpha_prod_t) if type(alpha_prod_t) is Tensor else meta(alpha_prod_t),
+            _alpha_key(alpha_prod_t_prev) if type(alpha_prod_t_prev) is Tensor else meta(alpha_prod_t_prev),
+            guidance_scale if type(guidance_scale) is float else meta(guidance_scale),
+            prediction_type,
+            eta if type(eta) is float else meta(eta),
+            noise is None or tensor(noise),
+        )
+    )
     impl = dispatch.cached("guided_step", backend, key) or dispatch.resolve(
-        "guided_step", backend, _check_inputs, key=key, model_cond=model_cond, model_uncond=model_uncond,
-        sample=sample, eta=eta, noise=noise, prediction_type=prediction_type, alpha_prod_t=alpha_prod_t,
-        alpha_prod_t_prev=alpha_prod_t_prev, guidance_scale=guidance_scale)
-    return impl.fn(model_cond, model_uncond, sample, alpha_prod_t, alpha_prod_t_prev,
-                   guidance_scale=guidance_scale, prediction_type=prediction_type, eta=eta, noise=noise)
+        "guided_step",
+        backend,
+        _check_inputs,
+        key=key,
+        model_cond=model_cond,
+        model_uncond=model_uncond,
+        sample=sample,
+        eta=eta,
+        noise=noise,
+        prediction_type=prediction_type,
+        alpha_prod_t=alpha_prod_t,
+        alpha_prod_t_prev=alpha_prod_t_prev,
+        guidance_scale=guidance_scale,
+    )
+    return impl.fn(
+        model_cond,
+        model_uncond,
+        sample,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        guidance_scale=guidance_scale,
+        prediction_type=prediction_type,
+        eta=eta,
+        noise=noise,
+    )

@@ -34,16 +34,24 @@ def _reasons_triton(motion, text, **_):
     return _triton.reasons("reward_head", {"motion": motion, "text": text})
 
 
-dispatch.register("reward_head", "triton", _reward_head_triton, _reasons_triton,
-                  auto_reasons=_triton.auto_reasons, capabilities=_triton.CAPABILITIES)
+dispatch.register(
+    "reward_head",
+    "triton",
+    _reward_head_triton,
+    _reasons_triton,
+    auto_reasons=_triton.auto_reasons,
+    capabilities=_triton.CAPABILITIES,
+)
 dispatch.register("reward_head", "math", _reward_head_math)
 
 
 def _check_inputs(motion: torch.Tensor, text: torch.Tensor) -> None:
     """Metadata checks (run once per call signature by ``dispatch.resolve``)."""
     if motion.dim() != 2 or motion.shape != text.shape:
-        raise ConfigError(f"reward_head expects motion and text latents of equal shape [B, D], got "
-                          f"{tuple(motion.shape)} and {tuple(text.shape)}")
+        raise ConfigError(
+            f"reward_head expects motion and text latents of equal shape [B, D], got "
+            f"{tuple(motion.shape)} and {tuple(text.shape)}"
+        )
 
 
 def reward_head(
@@ -55,5 +63,6 @@ def reward_head(
     """
     key = None if dispatch.compiling() else (dispatch.tensor_key(motion), dispatch.tensor_key(text))
     impl = dispatch.cached("reward_head", backend, key) or dispatch.resolve(
-        "reward_head", backend, _check_inputs, key=key, motion=motion, text=text)
+        "reward_head", backend, _check_inputs, key=key, motion=motion, text=text
+    )
     return impl.fn(motion, text, eps=eps)

@@ -18,7 +18,11 @@ def max_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def assert_within_rule(
-    name: str, out: torch.Tensor, same_dtype: torch.Tensor, fp64: torch.Tensor, factor: float,
+    name: str,
+    out: torch.Tensor,
+    same_dtype: torch.Tensor,
+    fp64: torch.Tensor,
+    factor: float,
     cancelled: float = 0.0,
 ) -> None:
     """Raise AssertionError unless ``max|out - fp64| <= factor * max|same_dtype - fp64| + floor``
@@ -35,5 +39,7 @@ def assert_within_rule(
     err, base = max_error(out, fp64), max_error(same_dtype, fp64)
     floor = torch.finfo(out.dtype).eps + torch.finfo(torch.float32).eps * cancelled
     if err > factor * base + floor:
-        raise AssertionError(f"{name}: max error vs float64 {err:.3g} > {factor} x PyTorch {out.dtype} error "
-                             f"{base:.3g} + {floor:.3g}")
+        raise AssertionError(
+            f"{name}: max error vs float64 {err:.3g} > {factor} x PyTorch {out.dtype} error "
+            f"{base:.3g} + {floor:.3g}"
+        )

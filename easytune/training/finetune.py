@@ -55,6 +55,7 @@ log = logging.getLogger("easytune.finetune")
 # What a run writes into its directory (a directory holding one of them holds a previous run).
 RUN_FILES = ("last.pt", "model.pt", "metrics.jsonl")
 
+
 class PromptSampler:
     """Draws B (caption, length) pairs per step from a split, deterministic in (seed, rank, step)."""
 

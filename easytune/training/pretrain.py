@@ -104,8 +104,9 @@ def _check(opts: PretrainOptions) -> None:
     if opts.stage not in STAGES:
         raise ConfigError(f"pretrain stage must be one of {STAGES}, got {opts.stage!r}")
     if opts.stage == "mld" and opts.vae is None and opts.resume is None:
-        raise ConfigError("pretrain mld needs --vae CKPT (a VAE from `easytune pretrain vae`, or an MLD "
-                          "checkpoint)")
+        raise ConfigError(
+            "pretrain mld needs --vae CKPT (a VAE from `easytune pretrain vae`, or an MLD checkpoint)"
+        )
     if opts.stage != "mld" and opts.vae is not None:
         raise ConfigError(f"--vae is only used by the mld stage, not {opts.stage!r}")
     for name in ("steps", "batch_size", "ckpt_every", "log_every"):
@@ -145,8 +146,9 @@ class _Batches:
         from easytune.data.humanml import collate_motion
 
         if len(dataset) < batch_size:
-            raise ConfigError(f"the training split has {len(dataset)} items, fewer than --batch-size "
-                              f"{batch_size}")
+            raise ConfigError(
+                f"the training split has {len(dataset)} items, fewer than --batch-size {batch_size}"
+            )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.per_epoch = len(dataset) // batch_size
         self.lengths = torch.as_tensor(dataset.lengths)
@@ -178,9 +180,16 @@ def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _Stage:
     """The per-stage parts of the loop: which module trains and how a batch becomes a loss."""
 
-    def __init__(self, opts: PretrainOptions, config: dict[str, Any], train: dict[str, Any],
-                 device: torch.device, mean: np.ndarray, std: np.ndarray,
-                 vae_state: dict[str, torch.Tensor] | None) -> None:
+    def __init__(
+        self,
+        opts: PretrainOptions,
+        config: dict[str, Any],
+        train: dict[str, Any],
+        device: torch.device,
+        mean: np.ndarray,
+        std: np.ndarray,
+        vae_state: dict[str, torch.Tensor] | None,
+    ) -> None:
         from easytune.models.mdm import MDM
         from easytune.models.mld import MLD, MotionVAE, VAEConfig, config_from_dict
 
@@ -290,8 +299,9 @@ def _resolve(opts: PretrainOptions, text_dim_of: Callable[[str], int], nfeats: i
     preset = get_preset(opts.preset)
     kind = "mld" if opts.stage in ("vae", "mld") else "mdm"
     if preset["kind"] != kind:
-        raise ConfigError(f"preset {opts.preset!r} is a {preset['kind']} preset; stage {opts.stage!r} needs "
-                          f"a {kind} preset")
+        raise ConfigError(
+            f"preset {opts.preset!r} is a {preset['kind']} preset; stage {opts.stage!r} needs a {kind} preset"
+        )
     if opts.text_encoder is not None:
         preset["text_encoder"] = opts.text_encoder
     text_dim = text_dim_of(preset["text_encoder"]) if opts.stage != "vae" else 0
@@ -309,8 +319,9 @@ def _vae_from(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return asdict(vae.config), vae.state_dict(), load_checkpoint(path).get("meta", {})
 
 
-def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], None] | None = None
-             ) -> PretrainResult:
+def pretrain(
+    opts: PretrainOptions, callback: Callable[[int, dict[str, float]], None] | None = None
+) -> PretrainResult:
     """Run (or resume) pretraining; write checkpoints to ``opts.out``. ``callback(step, stats)`` runs after
     every step (stats: ``loss``, its parts, ``lr``). Returns the per-step losses of this call."""
     from easytune.data.humanml import MotionDataset
@@ -325,8 +336,10 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
     if ckpt is not None:
         meta = ckpt.get("meta", {})
         if meta.get("stage") != opts.stage or "config" not in ckpt or "optimizer" not in ckpt:
-            raise CheckpointError(f"{opts.resume}: not a training checkpoint of stage {opts.stage!r} "
-                                  f"(stage {meta.get('stage')!r}; needs config, optimizer, step, rng)")
+            raise CheckpointError(
+                f"{opts.resume}: not a training checkpoint of stage {opts.stage!r} "
+                f"(stage {meta.get('stage')!r}; needs config, optimizer, step, rng)"
+            )
         config, train = ckpt["config"], meta["train"]
         if any(getattr(opts, k) is not None for k in VAE_LOSS_DEFAULTS):
             raise ConfigError(f"{opts.resume}: a resumed run keeps its loss settings {train}")
@@ -338,8 +351,9 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
                     f"this run asks for {given!r}; resume with the saved value (only --steps may change)"
                 )
     else:
-        config, train = _resolve(opts, lambda spec: build_text_encoder(spec).sentence_dim,
-                                 dataset.feature_dim)
+        config, train = _resolve(
+            opts, lambda spec: build_text_encoder(spec).sentence_dim, dataset.feature_dim
+        )
         if opts.stage == "mld":
             vae_cfg, vae_state, vae_meta = _vae_from(opts.vae)
             config["vae"] = vae_cfg
@@ -361,8 +375,9 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
     start, seconds_before = 0, 0.0
     if ckpt is not None:
         state = ckpt["state_dict"]
-        load_state_dict_strict(stage.model, strip_prefix(state, "vae.") if opts.stage == "vae" else state,
-                               str(opts.resume))
+        load_state_dict_strict(
+            stage.model, strip_prefix(state, "vae.") if opts.stage == "vae" else state, str(opts.resume)
+        )
         optimizer.load_state_dict(ckpt["optimizer"])
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         if ema is not None:
@@ -373,24 +388,39 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
     if start >= steps:
         raise ConfigError(f"{opts.resume}: already at step {start}; pass --steps above it to train further")
 
-    meta = {"stage": opts.stage, "preset": opts.preset, "data": str(opts.data), "train": train,
-            "mean": torch.as_tensor(dataset.mean), "std": torch.as_tensor(dataset.std)}
+    meta = {
+        "stage": opts.stage,
+        "preset": opts.preset,
+        "data": str(opts.data),
+        "train": train,
+        "mean": torch.as_tensor(dataset.mean),
+        "std": torch.as_tensor(dataset.std),
+    }
     result = PretrainResult(Path(opts.out), steps)
     t0 = time.perf_counter()
 
     def save(step: int, loss: float) -> None:
-        ckpt_out = {"state_dict": stage.state_dict(), "config": config,
-                    "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": loss},
-                    "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "step": step, "rng": _rng_state(gen, device)}
+        ckpt_out = {
+            "state_dict": stage.state_dict(),
+            "config": config,
+            "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": loss},
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "step": step,
+            "rng": _rng_state(gen, device),
+        }
         if ema is not None:
             ckpt_out["ema"] = {stage.prefix + k: v for k, v in ema.state_dict().items()}
         save_atomic(ckpt_out, opts.out)
 
     stage.train_mode()
     window: list[float] = []
-    for step in progress(range(start + 1, steps + 1), total=steps - start, desc=f"pretrain {opts.stage}",
-                         enabled=opts.show_progress):
+    for step in progress(
+        range(start + 1, steps + 1),
+        total=steps - start,
+        desc=f"pretrain {opts.stage}",
+        enabled=opts.show_progress,
+    ):
         loss, parts = stage.loss(batches(step - 1), gen)
         check_finite(loss, f"pretrain {opts.stage} loss", step)
         optimizer.zero_grad(set_to_none=True)
@@ -408,9 +438,15 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
         if callback is not None:
             callback(step, stats)
         if step % opts.log_every == 0 or step == steps:
-            log.info("%s step %d/%d loss %.5f (%s) lr %.2e", opts.stage, step, steps,
-                     sum(window) / len(window),
-                     ", ".join(f"{k} {v:.4g}" for k, v in parts.items()), stats["lr"])
+            log.info(
+                "%s step %d/%d loss %.5f (%s) lr %.2e",
+                opts.stage,
+                step,
+                steps,
+                sum(window) / len(window),
+                ", ".join(f"{k} {v:.4g}" for k, v in parts.items()),
+                stats["lr"],
+            )
             window.clear()
         if step % opts.ckpt_every == 0 or step == steps:
             save(step, value)
@@ -421,11 +457,15 @@ def pretrain(opts: PretrainOptions, callback: Callable[[int, dict[str, float]], 
 def _check_normalisation(vae_meta: dict[str, Any], dataset: Any, path: str | Path | None) -> None:
     """The VAE must have been trained on features normalised like this dataset's."""
     if "mean" not in vae_meta or "std" not in vae_meta:
-        log.warning("%s has no dataset mean/std; assuming it was trained with %s's normalisation",
-                    path, dataset.root)
+        log.warning(
+            "%s has no dataset mean/std; assuming it was trained with %s's normalisation", path, dataset.root
+        )
         return
-    same = np.allclose(np.asarray(vae_meta["mean"]), dataset.mean, atol=1e-5) and \
-        np.allclose(np.asarray(vae_meta["std"]), dataset.std, atol=1e-5)
+    same = np.allclose(np.asarray(vae_meta["mean"]), dataset.mean, atol=1e-5) and np.allclose(
+        np.asarray(vae_meta["std"]), dataset.std, atol=1e-5
+    )
     if not same:
-        raise ConfigError(f"{path}: the VAE was trained with another Mean/Std than {dataset.root}; train the "
-                          "denoiser on the VAE's dataset (or retrain the VAE)")
+        raise ConfigError(
+            f"{path}: the VAE was trained with another Mean/Std than {dataset.root}; train the "
+            "denoiser on the VAE's dataset (or retrain the VAE)"
+        )
