@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from easytune.errors import ConfigError, NonFiniteLossError
+from easytune.errors import ConfigError, NonFiniteError, NonFiniteLossError
 
 T = TypeVar("T")
 
@@ -22,6 +22,44 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def weights_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """One fused finiteness reduction over ``params``: a 0-dim bool tensor on their device (no host read)."""
+    with torch.no_grad():
+        return torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for p in params]))).all()
+
+
+def non_finite_weight_error(
+    params: list[torch.Tensor],
+    names: dict[int, str],
+    optimizer: torch.optim.Optimizer,
+    where: str,
+    causes: list[str] | None = None,
+) -> NonFiniteError:
+    """The error for weights that went NaN / inf: which tensor (``names``: id(param) -> name), ``where``
+    (e.g. "after update 3"), and the likely cause (a non-finite or absurd learning rate, ``causes``)."""
+    bad = next(((i, p) for i, p in enumerate(params) if not bool(torch.isfinite(p.detach()).all())), None)
+    if bad is None:
+        name = "a weight"
+    else:
+        name = names.get(id(bad[1]), f"parameter #{bad[0]} of the optimizer, shape {tuple(bad[1].shape)}")
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    found = list(causes or [])
+    if any(not math.isfinite(float(lr)) or float(lr) > 1.0 for lr in lrs):
+        found.insert(0, f"the learning rate {lrs} is not finite or absurdly large")
+    cause = "; ".join(found) or "an unstable update (lower the learning rate, clip the gradients)"
+    return NonFiniteError(f"weight {name} is not finite {where}; training stopped. Likely cause: {cause}")
+
+
+def check_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, what: str, step: int) -> None:
+    """After an optimizer step of a training loop: raise ``NonFiniteError`` naming the first non-finite
+    trainable weight of ``model``, ``what`` and ``step`` (one fused reduction, one host read)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    if params and not bool(weights_finite(params)):
+        names = {id(p): n for n, p in named}
+        raise non_finite_weight_error(params, names, optimizer, f"after {what} step {step}")
 
 
 def check_finite(value: torch.Tensor, what: str, step: int) -> None:

@@ -25,7 +25,7 @@ import torch
 from easytune.diffusion import DDIMScheduler, GuidedStep
 from easytune.errors import ConfigError, NonFiniteError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
-from easytune.train_utils import check_finite
+from easytune.train_utils import check_finite, non_finite_weight_error, weights_finite
 
 COMPILE_MODES = (None, "default", "reduce-overhead")
 NON_FINITE_X_T = "Trainer: batch['x_T'] holds NaN or inf values (the trajectory's initial noise)"
@@ -353,19 +353,15 @@ class Trainer:
         owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)  # a module or an object owning it
         named = getattr(owner, "named_parameters", None)
         names = {id(p): n for n, p in named()} if callable(named) else {}
-        bad = next((i, p) for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all()))
-        name = names.get(id(bad[1]), f"parameter #{bad[0]} of the optimizer, shape {tuple(bad[1].shape)}")
-        lrs = [group["lr"] for group in self.optimizer.param_groups]
-        causes = []
-        if any(not math.isfinite(float(lr)) or float(lr) > 1.0 for lr in lrs):
-            causes.append(f"the learning rate {lrs} is not finite or absurdly large")
-        for label, value in (("guidance_scale", self.guidance_scale), ("reward_weight", self.reward_weight)):
-            if not math.isfinite(value) or abs(value) > 1e6:
-                causes.append(f"{label}={value}")
-        cause = "; ".join(causes) or "an unstable update (lower the learning rate, clip the gradients)"
-        return NonFiniteError(
-            f"weight {name} is not finite after update {update}; training stopped. Likely cause: {cause}"
-        )
+        causes = [
+            f"{label}={value}"
+            for label, value in [
+                ("guidance_scale", self.guidance_scale),
+                ("reward_weight", self.reward_weight),
+            ]
+            if not math.isfinite(value) or abs(value) > 1e6
+        ]
+        return non_finite_weight_error(self._params, names, self.optimizer, f"after update {update}", causes)
 
     def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
         x_T = batch.get("x_T")
@@ -496,7 +492,7 @@ class Trainer:
         # One fused finiteness reduction over the updated weights (read with the trajectory's statistics;
         # at once on the synchronous path)
         with torch.no_grad():
-            weights_ok = torch.isfinite(torch.stack(torch._foreach_norm(self._params))).all()
+            weights_ok = weights_finite(self._params)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

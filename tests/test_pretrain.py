@@ -211,3 +211,20 @@ def test_unsafe_outputs_and_silent_option_changes_are_refused(data_root, tmp_pat
         pretrain(_opts("vae", data_root, existing / "under-a-file.pt"))
     with pytest.raises(ConfigError, match=r"was trained with --lr .*asks for 0.1"):
         pretrain(_opts("vae", data_root, existing, steps=9, lr=0.1, resume=existing))
+
+
+def test_non_finite_weights_after_a_step_stop_the_run_naming_the_tensor(data_root, tmp_path, monkeypatch):
+    """Issue 18: the loss and its gradient are finite, the update is not (an optimizer step that overflows):
+    the run stops at that step naming the weight, and no checkpoint is written."""
+    real_step = torch.optim.AdamW.step
+
+    def overflowing_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].mul_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    with pytest.raises(NonFiniteLossError, match=r"weight \S+ is not finite after pretrain vae step 1"):
+        pretrain(_opts("vae", data_root, tmp_path / "inf.pt", ckpt_every=1))
+    assert not (tmp_path / "inf.pt").exists()

@@ -282,3 +282,30 @@ def test_reward_and_evaluator_training_refuse_unsafe_outputs_before_training(tmp
         assert "lr" in capsys.readouterr().err and not (tmp_path / "new.pt").exists()
     assert existing.read_bytes() == b"a previous model"
     assert main(["reward", "train", "--out", str(existing), "--overwrite", *common]) == 0
+
+
+def test_non_finite_weights_after_a_step_stop_reward_and_evaluator_training(
+    tmp_path, data_dir, text_encoder, monkeypatch
+):
+    """Issue 18: an update that makes a weight inf stops the run at that step, naming the tensor."""
+    from easytune.errors import NonFiniteError
+    from easytune.training.evaluator import EvaluatorTrainConfig, train_evaluator
+
+    for cls in (torch.optim.Adam, torch.optim.AdamW):
+
+        def overflowing_step(self, *args, _real=cls.step, **kwargs):
+            out = _real(self, *args, **kwargs)
+            with torch.no_grad():
+                self.param_groups[0]["params"][-1].fill_(float("nan"))
+            return out
+
+        monkeypatch.setattr(cls, "step", overflowing_step)
+    ds = MotionDataset(data_dir, "train")
+    cfg = RewardTrainConfig(steps=3, batch_size=6, ckpt_every=1, log_every=1)
+    with pytest.raises(NonFiniteError, match=r"weight \S+ is not finite after spl reward training step 0"):
+        train_reward_model(_tiny(text_encoder), ds, cfg, tmp_path / "r.pt", stage="spl")
+    assert not (tmp_path / "r.pt").exists()
+    ev_cfg = EvaluatorTrainConfig(steps=2, batch_size=6, text_encoder="builtin:token_dim=16,sentence_dim=16")
+    with pytest.raises(NonFiniteError, match=r"not finite after evaluator training step 0"):
+        train_evaluator(data_dir, tmp_path / "e.pt", ev_cfg, train_set=ds)
+    assert not (tmp_path / "e.pt").exists()

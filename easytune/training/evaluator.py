@@ -31,7 +31,7 @@ from easytune.checkpoint import (
 )
 from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
-from easytune.train_utils import check_finite, seed_everything
+from easytune.train_utils import check_finite, check_weights, seed_everything
 from easytune.training.reward import load_split, seeded_batches
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def train_evaluator(
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        check_weights(model, opt, "evaluator training", step)
         total += float(loss.detach())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             n = (step - start) % cfg.log_every + 1

@@ -41,7 +41,14 @@ from easytune.checkpoint import (
     strip_prefix,
 )
 from easytune.errors import CheckpointError, ConfigError
-from easytune.train_utils import EMA, check_finite, progress, seed_everything, warmup_cosine_lambda
+from easytune.train_utils import (
+    EMA,
+    check_finite,
+    check_weights,
+    progress,
+    seed_everything,
+    warmup_cosine_lambda,
+)
 
 log = logging.getLogger("easytune.pretrain")
 
@@ -428,6 +435,7 @@ def pretrain(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
         check_finite(grad_norm, f"pretrain {opts.stage} gradient norm", step)
         optimizer.step()
+        check_weights(stage.model, optimizer, f"pretrain {opts.stage}", step)
         lr_scheduler.step()
         if ema is not None:
             ema.update()

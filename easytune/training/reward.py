@@ -43,7 +43,7 @@ from easytune.checkpoint import (
 )
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
-from easytune.train_utils import check_finite, seed_everything
+from easytune.train_utils import check_finite, check_weights, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,7 @@ def train_reward_model(
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
+        check_weights(model, opt, f"{stage} reward training", step)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
