@@ -159,3 +159,20 @@ def test_quickstart_options_come_from_its_config_and_bad_values_are_named(tmp_pa
     assert main(["quickstart", "--config", str(tmp_path / "q.yaml")]) == 2
     assert "--budget-s must be" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_sample_refuses_an_unusable_output_before_any_work(tmp_path, capsys, monkeypatch):
+    import easytune.generation as generation
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(generation, "load_generator", never)
+    for argv, message in [
+        (["--out", "/proc/x.npy"], "--out /proc/x.npy: cannot write there"),
+        (["--out", str(tmp_path)], "is a directory"),
+        (["--out", str(tmp_path / "a.npy"), "--render", "/proc/x.gif"], "--render /proc/x.gif: cannot write"),
+    ]:
+        argv = ["sample", "--ckpt", "default", "--text", "a person walks", "--steps", "2", *argv]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err, argv

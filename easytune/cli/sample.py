@@ -66,6 +66,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if args.steps < 1 or args.length < 1:
         raise ConfigError(f"--steps and --length must be >= 1, got {args.steps} and {args.length}")
+    from easytune.checkpoint import check_writable_dir
+
+    for option, value in (("--out", args.out), ("--render", args.render)):
+        if value is not None:  # found unusable now, not after loading and sampling
+            if Path(value).is_dir():
+                raise ConfigError(f"{option} {value} is a directory; give a file name")
+            check_writable_dir(Path(value).parent, f"{option} {value}")
 
     gen = load_generator(
         args.ckpt, text_encoder=args.text_encoder, data=args.data, use_ema=not args.no_ema, device=args.device
@@ -76,7 +83,6 @@ def _run(args: argparse.Namespace) -> int:
     if not np.isfinite(feats).all():
         raise DataError(f"sample: the generated motion holds NaN or inf; nothing written to {args.out}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
     print(
         f"wrote {out}: de-normalised features {feats.shape} ({gen.kind}, {args.steps} DDIM steps, "
