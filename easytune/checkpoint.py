@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,30 @@ def load_state_dict_strict(
             f"{source}: state dict does not match {type(module).__name__}; " + "; ".join(parts)
         )
     module.load_state_dict(state_dict, strict=True)
+
+
+def build_for_state(
+    build: Callable[[], torch.nn.Module], state_dict: Mapping[str, torch.Tensor], source: str
+) -> torch.nn.Module:
+    """``build()`` once on the meta device (no memory: a config saying ``ff_size=2e9`` costs nothing), its
+    tensor shapes checked against ``state_dict``, then built for real: a checkpoint whose config does not
+    match its own weights is refused (``CheckpointError`` naming ``source`` and the tensors) before anything
+    is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    own = probe.state_dict()
+    shape = sorted(
+        f"{k}: weights {tuple(state_dict[k].shape)}, config {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if shape:
+        shown = ", ".join(shape[:6]) + (f", ... ({len(shape) - 6} more)" if len(shape) > 6 else "")
+        raise CheckpointError(f"{source}: its config does not match its weights ({shown})")
+    return build()
 
 
 class ConfigCheckpointMixin:

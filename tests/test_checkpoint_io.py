@@ -80,3 +80,23 @@ def test_unreadable_checkpoints_are_named_without_unsafe_advice(tmp_path):
             load_checkpoint(path)
         assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
     assert not marker.exists()  # the pickled code never ran
+
+
+@pytest.mark.parametrize("ff_size,message", [(2e9, "ff_size must be an integer"), (2_000_000_000, "config")])
+def test_a_config_that_contradicts_its_weights_is_refused_before_building(tmp_path, ff_size, message):
+    """Issue 18: ``ff_size=2e9`` in a checkpoint's config used to allocate ~1 TB before any shape check."""
+    import time
+
+    from easytune.checkpoint import ASSETS, load_checkpoint, save_atomic
+    from easytune.errors import CheckpointError
+    from easytune.generation import load_generator
+
+    ckpt = load_checkpoint(ASSETS / "mld_tiny.pt")
+    ckpt["config"] = {**ckpt["config"], "denoiser": {**ckpt["config"]["denoiser"], "ff_size": ff_size}}
+    save_atomic(ckpt, tmp_path / "bad.pt")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=f"bad.pt: .*{message}") as err:
+        load_generator(tmp_path / "bad.pt")
+    assert time.perf_counter() - t0 < 30  # refused from shapes, nothing allocated
+    if isinstance(ff_size, int):
+        assert "linear1.weight: weights (256, 128), config (2000000000, 128)" in str(err.value)

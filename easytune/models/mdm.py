@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict
+from easytune.checkpoint import build_for_state, load_checkpoint, load_state_dict_strict
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import TransformerEncoderLayer, check_lengths, sinusoidal_table
 from easytune.models.mld import config_from_dict, model_state_dict
@@ -152,8 +152,8 @@ class MDM(nn.Module):
         read from shapes, ``num_heads`` given."""
         ckpt = load_checkpoint(path)
         if "config" in ckpt:
-            model = cls.from_config(ckpt["config"])
             state = model_state_dict(ckpt, path, use_ema)
+            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path))
         else:
             state = dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
             state = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from easytune.checkpoint import load_checkpoint, load_state_dict_strict, strip_prefix
+from easytune.checkpoint import build_for_state, load_checkpoint, load_state_dict_strict, strip_prefix
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import (
     LearnedPositionalEncoding,
@@ -87,6 +88,10 @@ def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown {cls.__name__} fields {unknown} (known: {sorted(known)})")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():  # sizes are integers: a float (2e9) is refused before any build
+        if hints[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
     return cls(**values)
 
 
@@ -410,7 +415,7 @@ class MLD(nn.Module):
                     f"{path}: not an MLD model (its config has {what}; a reward model or evaluator?); pass "
                     "an MLD checkpoint (`easytune pretrain mld`, or a lineage MLD / MotionLCM file)"
                 )
-            model = cls.from_config(ckpt["config"])
+            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path))
         else:
             if "denoiser.time_embedding.cond_proj.weight" in state:
                 raise CheckpointError(
