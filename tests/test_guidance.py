@@ -130,3 +130,19 @@ def test_ddim_sample_needs_an_easytune_ddim_with_timesteps():
         ddim_sample(Recorder(), DDIMScheduler(), torch.zeros(1, 1, 2), torch.zeros(1, 2))
     with pytest.raises(ConfigError, match="DDIMScheduler"):
         ddim_sample(Recorder(), object(), torch.zeros(1, 1, 2), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "eta"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_guidance_and_eta_are_named_before_sampling(name, value):
+    """Issue 18: ``guidance_scale=nan`` used to return an all-NaN sample without an error."""
+    from easytune.generation import load_generator
+
+    scheduler = DDIMScheduler(num_train_timesteps=10)
+    scheduler.set_timesteps(2)
+    x = torch.randn(1, 3)
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number >= 0, got {value}"):
+        ddim_sample(lambda x, t, c: x, scheduler, x, torch.zeros(1, 2), torch.zeros(1, 2), **{name: value})
+    if name == "guidance_scale":
+        with pytest.raises(ConfigError, match="guidance_scale must be a finite number"):
+            load_generator("default").sample(["a person walks"], [20], steps=2, guidance_scale=value)

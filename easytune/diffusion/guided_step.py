@@ -10,6 +10,7 @@ device value and copies nothing from the host: loops built on it make no host sy
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,8 +46,10 @@ class GuidedStep:
                 "GuidedStep: scheduler must be an easytune DDIMScheduler with set_timesteps(n) done "
                 "(convert a diffusers one with DDIMScheduler.from_config)"
             )
-        if eta < 0:
-            raise ConfigError(f"GuidedStep: eta must be >= 0, got {eta}")
+        for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):  # NaN never reaches a sample
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0:
+                raise ConfigError(f"GuidedStep: {name} must be a finite number >= 0, got {value!r}")
         self.denoise_fn = denoise_fn
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
