@@ -168,3 +168,40 @@ def test_duplicate_ids_bom_and_non_utf8_bytes_are_named_by_file_and_line(tmp_pat
     (tmp_path / "train.txt").write_bytes("\n".join(ids[:2]).encode() + b"\nbad\xff\n")
     report = check_dataset(tmp_path)
     assert any("train.txt:3: not UTF-8 text (byte 0xff)" in p for p in report.problems)
+
+
+def test_a_run_validates_its_data_before_the_first_step(tmp_path, capsys, monkeypatch):
+    """Issue 18: a NaN clip used to be reported after 6 training steps and a written checkpoint."""
+    from easytune.cli import main
+    from easytune.data import check
+    from easytune.training import pretrain as pretrain_mod
+
+    root = make_valid(tmp_path / "d")
+    _nan_motion(root)
+    steps = []
+    monkeypatch.setattr(pretrain_mod, "check_weights", lambda *a: steps.append(a))  # counts optimizer steps
+    argv = ["pretrain", "vae", "--data", str(root), "--out", str(tmp_path / "v.pt"), "--steps", "2",
+            "--batch-size", "2", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pretrain vae: 1 problem(s) in the data" in err and "t1.npy" in err and "NaN" in err, err
+    assert steps == [] and not (tmp_path / "v.pt").exists()
+    # --skip-data-check: no up-front check (the loader then meets the NaN clip itself)
+    main([*argv, "--skip-data-check"])
+    err = capsys.readouterr().err
+    assert "problem(s) in the data" not in err and "t1.npy" in err, err
+
+    # A clean dataset checked by `easytune data check` is stamped; a run on it does not re-read its clips,
+    # until a file changes.
+    clean = make_valid(tmp_path / "c")
+    assert main(["data", "check", str(clean), "-q"]) == 0
+    assert (clean / check.STAMP).is_file()
+
+    def reread(*args, **kwargs):
+        raise AssertionError("the stamped dataset was read again")
+
+    monkeypatch.setattr(check, "check_dataset", reread)
+    check.check_before_run(clean, "test run")  # the stamp matches: nothing read
+    np.save(clean / "new_joint_vecs" / "t0.npy", np.full((60, 263), np.nan))
+    with pytest.raises(AssertionError, match="read again"):
+        check.check_before_run(clean, "test run")

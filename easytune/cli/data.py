@@ -51,7 +51,10 @@ def _check(args: argparse.Namespace) -> int:
         for note in report.notes[:MAX_LISTED_PROBLEMS]:
             print(f"note: {note}")
     if report.ok:
-        print("ok")
+        from easytune.data.check import STAMP, write_stamp
+
+        stamped = write_stamp(args.root, report.kind, args.splits or DEFAULT_SPLITS)
+        print("ok" + (f" (stamp {STAMP} written: runs on this data skip their own check)" if stamped else ""))
         return 0
     for problem in report.problems[:MAX_LISTED_PROBLEMS]:
         print(f"problem: {problem}", file=sys.stderr)

@@ -44,6 +44,11 @@ def register(subparsers: Any) -> None:
         p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint period in steps")
         p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint")
         p.add_argument(
+            "--skip-data-check",
+            action="store_true",
+            help="do not read every clip before the first step (for data checked with `easytune data check`)",
+        )
+        p.add_argument(
             "--resume",
             action="store_true",
             help="continue --out if it exists (exact: optimizer, step, RNG, EMA)",
@@ -112,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         kl_weight=getattr(args, "kl_weight", None),
         joints_weight=getattr(args, "joints_weight", None),
         overwrite=args.overwrite,
+        skip_data_check=args.skip_data_check,
     )
     result = pretrain(opts)
     tail = [v for _, v in result.losses[-50:]]

@@ -48,6 +48,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue --out if it exists")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="do not read every clip before the first step (for data checked with `easytune data check`)",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--log-every", type=int, default=50)
 
@@ -141,6 +146,9 @@ def _train(args: argparse.Namespace) -> int:
         mode=args.mode,
         text_encoder=args.text_encoder,
     )
+    from easytune.data.check import check_before_run
+
+    check_before_run(args.data, "reward train", skip=args.skip_data_check)
     train_stage1(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
     print(f"wrote {args.out}")
     return 0
@@ -161,6 +169,9 @@ def _refine(args: argparse.Namespace) -> int:
         spl_high_sim=args.spl_high_sim,
         spl_double_temperature=args.spl_double_temperature,
     )
+    from easytune.data.check import check_before_run
+
+    check_before_run(args.data, "reward refine", skip=args.skip_data_check)
     refine_spl(
         args.init, args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
     )

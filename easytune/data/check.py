@@ -6,6 +6,8 @@ items per split, a length histogram, the feature width and captions per clip.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from easytune.data.humanml import (
 )
 from easytune.data.skeleton import SkeletonSpec, get_skeleton
 from easytune.errors import DataError
+
+log = logging.getLogger("easytune.data")
 
 DEFAULT_SPLITS = ("train", "val", "test")
 HISTOGRAM_EDGES = (0, 24, 40, 80, 120, 160, 200)
@@ -86,8 +90,10 @@ def check_dataset(
     min_len: int | None = None,
     max_len: int | None = None,
     allow_out_of_range: bool = False,
+    progress: str | None = None,
 ) -> CheckReport:
-    """Validate ``root``; never raises for a dataset problem, it lists it in the report.
+    """Validate ``root``; never raises for a dataset problem, it lists it in the report. ``progress``: the
+    label of a progress bar over the clips (tqdm, when installed).
 
     Problems: a missing or malformed Mean.npy / Std.npy, missing or empty split files, split ids without a
     motion or caption file, a motion that is not float [T, D] with D the kind's width, NaN / inf, an empty
@@ -121,11 +127,21 @@ def check_dataset(
             report.problems.append(str(err))
             continue
         report.split_clips[split] = len(ids)
-        for clip in ids:
+        for clip in _progress(ids, progress, split):
             if clip not in items_per_clip:
                 items_per_clip[clip] = _check_clip(report, spec, clip, f"{root / split}.txt")
         report.split_items[split] = sum(items_per_clip[c] for c in ids)
     return report
+
+
+def _progress(ids: list[str], label: str | None, split: str):
+    if label is None:
+        return ids
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return ids
+    return tqdm(ids, desc=f"{label} ({split})", unit="clip", leave=False)
 
 
 def _check_clip(report: CheckReport, spec: SkeletonSpec, clip: str, split_file: str) -> int:
@@ -189,3 +205,84 @@ def _check_clip(report: CheckReport, spec: SkeletonSpec, clip: str, split_file: 
         else:
             report.problems.append(msg + " (pass --min-len/--max-len or --allow-out-of-range)")
     return inside
+
+
+# A dataset checked clean by ``easytune data check`` (or a run's own check) holds this file: the fingerprint
+# of what was checked. A run whose dataset still matches it skips re-reading every clip.
+STAMP = ".easytune-checked.json"
+
+
+def fingerprint(root: str | Path, splits: Sequence[str] = DEFAULT_SPLITS) -> dict[str, object]:
+    """Count, total size and newest modification time of the files a check reads (statistics, split lists,
+    motions, captions): any added, removed, resized or rewritten file changes it. One ``stat`` per file."""
+    root = Path(root)
+    files = [root / "Mean.npy", root / "Std.npy", *(root / f"{s}.txt" for s in splits)]
+    for folder in (MOTION_DIR, TEXT_DIR):
+        if (root / folder).is_dir():
+            files += sorted((root / folder).iterdir())
+    stats = [f.stat() for f in files if f.is_file()]
+    return {
+        "splits": sorted(splits),
+        "files": len(stats),
+        "bytes": sum(st.st_size for st in stats),
+        "newest_mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+    }
+
+
+def _stamp_matches(root: Path, splits: Sequence[str]) -> bool:
+    try:
+        saved = json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    covered = set(saved.get("splits", ()))
+    if not set(splits) <= covered:
+        return False
+    return saved == {**fingerprint(root, sorted(covered)), "kind": saved.get("kind")}
+
+
+def write_stamp(root: str | Path, kind: str, splits: Sequence[str]) -> bool:
+    """Record that ``root`` checked clean for ``splits``; False when the folder is read-only (no stamp)."""
+    root = Path(root)
+    try:
+        (root / STAMP).write_text(json.dumps({**fingerprint(root, splits), "kind": kind}))
+    except OSError:
+        return False
+    return True
+
+
+def check_before_run(
+    root: str | Path,
+    what: str,
+    *,
+    kind: str | None = None,
+    splits: Sequence[str] = ("train",),
+    skip: bool = False,
+) -> None:
+    """Validate the data a run will read before its first step: every clip of ``splits`` in full (the
+    ``easytune data check`` checks; clips outside the length filter are the loaders' business, not a problem),
+    all problems listed in one ``DataError``. Skipped when ``skip`` (``--skip-data-check``) or when the
+    dataset's stamp (``STAMP``) still matches its files; a clean check writes the stamp."""
+    root = Path(root)
+    if kind is None:  # the skeleton whose feature width Mean.npy has (a bad Mean.npy: the check names it)
+        try:
+            width = npy_shape(root / "Mean.npy")[0][-1]
+        except (DataError, IndexError):
+            width = None
+        kind = next((k for k in ("humanml", "kit") if get_skeleton(k).feature_dim == width), "humanml")
+    if skip:
+        log.info("%s: data check of %s skipped (--skip-data-check)", what, root)
+        return
+    if root.is_dir() and _stamp_matches(root, splits):
+        log.info("%s: %s is unchanged since it was checked (%s): not re-read", what, root, STAMP)
+        return
+    report = check_dataset(
+        root, kind, splits=splits, allow_out_of_range=True, progress=f"{what}: checking data"
+    )
+    if report.problems:
+        listed = "\n  ".join(report.problems[:20])
+        more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
+        raise DataError(
+            f"{what}: {len(report.problems)} problem(s) in the data of {root} (nothing was trained):\n  "
+            f"{listed}{more}\n(`easytune data check {root}` lists them; --skip-data-check runs anyway)"
+        )
+    write_stamp(root, report.kind, splits)

@@ -27,6 +27,7 @@ import torch
 from easytune import methods
 from easytune.checkpoint import check_writable_dir, load_checkpoint, save_atomic
 from easytune.config import write_yaml
+from easytune.data.check import check_before_run
 from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
 from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
@@ -127,6 +128,7 @@ class Run:
         data = cfg.data or self.gen.data_dir
         if data is None:
             raise ConfigError("--data is required: the base checkpoint names no dataset")
+        check_before_run(data, "finetune", skip=cfg.skip_data_check or not self.info.is_main)
         self.prompts = PromptSampler(dataset_prompts(data), cfg.seed, self.info.rank)
         parts = build_finetuning(
             self.gen,

@@ -82,6 +82,11 @@ class FinetuneConfig:
         saved=False,
     )
     progress: bool = option(True, "progress bar", saved=False)
+    skip_data_check: bool = option(
+        False,
+        "do not read every clip before the first step (data checked with `easytune data check`)",
+        saved=False,
+    )
 
     def __post_init__(self) -> None:
         self.method_options = dict(self.method_options)

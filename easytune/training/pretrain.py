@@ -95,6 +95,7 @@ class PretrainOptions:
     log_every: int = 100
     show_progress: bool = True
     overwrite: bool = False
+    skip_data_check: bool = False
 
 
 @dataclass
@@ -331,12 +332,14 @@ def pretrain(
 ) -> PretrainResult:
     """Run (or resume) pretraining; write checkpoints to ``opts.out``. ``callback(step, stats)`` runs after
     every step (stats: ``loss``, its parts, ``lr``). Returns the per-step losses of this call."""
+    from easytune.data.check import check_before_run
     from easytune.data.humanml import MotionDataset
     from easytune.text import build_text_encoder
 
     _check(opts)
     seed_everything(opts.seed)  # model initialisation; a resumed run then restores the saved RNG state
     device = torch.device(opts.device)
+    check_before_run(opts.data, f"pretrain {opts.stage}", skip=opts.skip_data_check)
     dataset = MotionDataset(opts.data, "train", seed=opts.seed)
     ckpt = load_checkpoint(opts.resume) if opts.resume is not None else None
     vae_state = None
