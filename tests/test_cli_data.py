@@ -26,7 +26,10 @@ def _small_dataset(root):
 def test_check_ok(tmp_path, capsys):
     assert main(["data", "check", str(_small_dataset(tmp_path))]) == 0
     out = capsys.readouterr().out
-    assert "263 features per frame" in out and "split train" in out and out.rstrip().endswith("ok")
+    assert "263 features per frame" in out and "split train" in out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("ok") and ".easytune-checked.json" in last
+    assert (tmp_path / ".easytune-checked.json").is_file()
 
 
 def test_check_reports_problem_and_fails(tmp_path, capsys):
