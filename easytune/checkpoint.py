@@ -188,12 +188,16 @@ def load_state_dict_strict(
 
 
 def build_for_state(
-    build: Callable[[], torch.nn.Module], state_dict: Mapping[str, torch.Tensor], source: str
+    build: Callable[[], torch.nn.Module],
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    config: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """``build()`` once on the meta device (no memory: a config saying ``ff_size=2e9`` costs nothing), its
     tensor shapes checked against ``state_dict``, then built for real: a checkpoint whose config does not
-    match its own weights is refused (``CheckpointError`` naming ``source`` and the tensors) before anything
-    is allocated."""
+    match its own weights is refused (``CheckpointError`` naming ``source``, the tensors and, given the
+    ``config`` it was built from, the integer fields whose values only the wrong shapes hold) before
+    anything is allocated."""
     try:
         with torch.device("meta"):
             probe = build()
@@ -207,8 +211,39 @@ def build_for_state(
     )
     if shape:
         shown = ", ".join(shape[:6]) + (f", ... ({len(shape) - 6} more)" if len(shape) > 6 else "")
-        raise CheckpointError(f"{source}: its config does not match its weights ({shown})")
+        suspects = _suspect_fields(config or {}, own, state_dict)
+        named = (
+            f"config {', '.join(suspects)} contradicts its weights"
+            if suspects
+            else "its config does not match its weights"
+        )
+        raise CheckpointError(f"{source}: {named} ({shown})")
     return build()
+
+
+def _suspect_fields(
+    config: Mapping[str, Any], own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """``name=value`` for the integer fields of ``config`` (nested: dotted names) whose value is a size of a
+    tensor the config builds wrongly and of no tensor of the checkpoint."""
+    wrong = [k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    config_sizes = {n for k in wrong for n in own[k].shape}
+    weight_sizes = {n for v in state_dict.values() for n in v.shape}
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+        items = []
+        for k, v in d.items():
+            items += flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [(f"{prefix}{k}", v)]
+        return items
+
+    return [
+        f"{name}={value}"
+        for name, value in flat(config)
+        if isinstance(value, int)
+        and not isinstance(value, bool)
+        and value in config_sizes
+        and value not in weight_sizes
+    ]
 
 
 class ConfigCheckpointMixin:

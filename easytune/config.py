@@ -233,3 +233,9 @@ def check_number(
         raise ConfigError(
             f"{name} must be a finite number in {accepted}{' ' + what if what else ''}, got {value!r}"
         )
+
+
+def check_int(name: str, value: Any, low: int, what: str = "") -> None:
+    """Refuse a non-integer (a bool or a float included) or an integer below ``low``, naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}{' ' + what if what else ''}, got {value!r}")

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from easytune.config import check_number, option
-from easytune.errors import ConfigError
+from easytune.config import check_int, check_number, option
 
 
 @dataclass
@@ -40,5 +39,4 @@ class QuickstartConfig:
             ("--eval-replications", self.eval_replications, 1),
             ("--gif-prompts", self.gif_prompts, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_int(name, value, low)

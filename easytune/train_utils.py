@@ -25,9 +25,13 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def weights_finite(params: list[torch.Tensor]) -> torch.Tensor:
-    """One fused finiteness reduction over ``params``: a 0-dim bool tensor on their device (no host read)."""
+    """One fused finiteness reduction over ``params``: a 0-dim bool tensor on their device (no host read).
+
+    The max-norm, not the 2-norm: the 2-norm of large finite weights (1e30 in fp32) overflows to inf, the
+    max-norm is inf / NaN only where a weight is."""
     with torch.no_grad():
-        return torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for p in params]))).all()
+        norms = torch._foreach_norm([p.detach() for p in params], ord=float("inf"))
+        return torch.isfinite(torch.stack(norms)).all()
 
 
 def non_finite_weight_error(
@@ -44,12 +48,18 @@ def non_finite_weight_error(
         name = "a weight"
     else:
         name = names.get(id(bad[1]), f"parameter #{bad[0]} of the optimizer, shape {tuple(bad[1].shape)}")
+    cause = likely_cause(optimizer, causes)
+    return NonFiniteError(f"weight {name} is not finite {where}; training stopped. Likely cause: {cause}")
+
+
+def likely_cause(optimizer: torch.optim.Optimizer, causes: list[str] | None = None) -> str:
+    """Why an update went non-finite: a non-finite or absurd (> 1) learning rate of ``optimizer`` first,
+    then ``causes`` (e.g. "guidance_scale=inf"), else the generic advice."""
     lrs = [group["lr"] for group in optimizer.param_groups]
     found = list(causes or [])
     if any(not math.isfinite(float(lr)) or float(lr) > 1.0 for lr in lrs):
         found.insert(0, f"the learning rate {lrs} is not finite or absurdly large")
-    cause = "; ".join(found) or "an unstable update (lower the learning rate, clip the gradients)"
-    return NonFiniteError(f"weight {name} is not finite {where}; training stopped. Likely cause: {cause}")
+    return "; ".join(found) or "an unstable update (lower the learning rate, clip the gradients)"
 
 
 def check_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, what: str, step: int) -> None:
@@ -62,13 +72,17 @@ def check_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, what
         raise non_finite_weight_error(params, names, optimizer, f"after {what} step {step}")
 
 
-def check_finite(value: torch.Tensor, what: str, step: int) -> None:
-    """Raise ``NonFiniteLossError`` naming ``what`` and ``step`` if ``value`` has NaN or inf."""
+def check_finite(
+    value: torch.Tensor, what: str, step: int, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """Raise ``NonFiniteLossError`` naming ``what`` and ``step`` if ``value`` has NaN or inf; with the
+    ``optimizer`` the message names an absurd learning rate as the likely cause (``likely_cause``)."""
     if not torch.isfinite(value.detach()).all():
+        cause = "an unstable update" if optimizer is None else likely_cause(optimizer)
         raise NonFiniteLossError(
             f"{what} is not finite at step {step} (value {value.detach().float().flatten()[:4].tolist()}); "
-            "the update was skipped and training stopped. Lower the learning rate, enable gradient "
-            "clipping or check the inputs."
+            f"the update was skipped and training stopped. Likely cause: {cause}. Lower the learning rate, "
+            "enable gradient clipping or check the inputs."
         )
 
 

@@ -25,7 +25,7 @@ import torch
 from easytune.diffusion import DDIMScheduler, GuidedStep
 from easytune.errors import ConfigError, NonFiniteError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
-from easytune.train_utils import check_finite, non_finite_weight_error, weights_finite
+from easytune.train_utils import check_finite, likely_cause, non_finite_weight_error, weights_finite
 
 COMPILE_MODES = (None, "default", "reduce-overhead")
 NON_FINITE_X_T = "Trainer: batch['x_T'] holds NaN or inf values (the trajectory's initial noise)"
@@ -274,8 +274,8 @@ class Trainer:
                 f"the reward loss or its gradient norm is not finite at update "
                 f"{self.num_updates - n_u + bad} "
                 f"(sampling step {update_steps[bad]}, timestep {timesteps[update_steps[bad]]}; loss "
-                f"{loss_v}, gradient norms {norm_v}); that update was skipped and training stopped. Lower "
-                "the learning rate, enable gradient clipping or check the inputs."
+                f"{loss_v}, gradient norms {norm_v}); that update was skipped and training stopped. Likely "
+                f"cause: {likely_cause(self.optimizer, self._absurd_options())}, or the inputs."
             )
         if cuda:
             torch.cuda.synchronize(x.device)
@@ -353,7 +353,12 @@ class Trainer:
         owner = getattr(self.denoise_fn, "__self__", self.denoise_fn)  # a module or an object owning it
         named = getattr(owner, "named_parameters", None)
         names = {id(p): n for n, p in named()} if callable(named) else {}
-        causes = [
+        causes = self._absurd_options()
+        return non_finite_weight_error(self._params, names, self.optimizer, f"after update {update}", causes)
+
+    def _absurd_options(self) -> list[str]:
+        """Options that would explain a non-finite update (non-finite or above 1e6)."""
+        return [
             f"{label}={value}"
             for label, value in [
                 ("guidance_scale", self.guidance_scale),
@@ -361,7 +366,6 @@ class Trainer:
             ]
             if not math.isfinite(value) or abs(value) > 1e6
         ]
-        return non_finite_weight_error(self._params, names, self.optimizer, f"after update {update}", causes)
 
     def _initial_sample(self, batch: Mapping[str, Any], cond: Any) -> torch.Tensor:
         x_T = batch.get("x_T")
@@ -450,7 +454,7 @@ class Trainer:
     def _guard(self, value: torch.Tensor, what: str) -> None:
         """``check_finite``, dropping the accumulated gradients before the error propagates."""
         try:
-            check_finite(value, what, self.num_updates)
+            check_finite(value, what, self.num_updates, self.optimizer)
         except NonFiniteLossError:
             self.optimizer.zero_grad(set_to_none=True)
             raise

@@ -420,10 +420,17 @@ def test_resume_refuses_a_changed_option_by_name_unless_allowed(assets, tmp_path
     flag = {"num_inference_steps": "--inference-steps", "guidance_scale": "--guidance"}.get(
         key, "--" + key.replace("_", "-")
     )
-    with pytest.raises(ConfigError, match=f"was run with {flag} .*--allow-changed {flag}"):
+    bare = flag.lstrip("-")
+    with pytest.raises(ConfigError, match=f"was run with {flag} .*--allow-changed {bare} "):
         Run(_config(assets, tmp_path, steps=2, resume=True, **change))
     run = Run(_config(assets, tmp_path, steps=2, resume=True, allow_changed=(flag,), **change))
     assert run.step == 1
+    # the advice works on the command line (argparse takes "--allow-changed --lr" for two options)
+    from easytune.cli import build_parser
+    from easytune.cli.finetune import config_from_args
+
+    args = build_parser().parse_args(["finetune", "--out", str(tmp_path), "--allow-changed", bare])
+    assert config_from_args(args).allow_changed == (bare,)
 
 
 def test_stale_temporary_files_of_killed_saves_are_removed(assets, tmp_path):
@@ -432,6 +439,31 @@ def test_stale_temporary_files_of_killed_saves_are_removed(assets, tmp_path):
     stale.write_bytes(b"partial")
     Run(_config(assets, tmp_path, steps=2, resume=True))
     assert not stale.exists()
+
+
+def test_a_kill_right_after_a_resume_starts_keeps_the_metrics_log(assets, tmp_path, monkeypatch):
+    """Issue 18 item 5: the log was reopened with "w" and nothing was written until the first step, so a
+    kill in between emptied it. Now it is rewritten atomically with the checkpoint's rows first."""
+    import easytune.training.finetune as finetune_mod
+
+    Run(_config(assets, tmp_path, steps=2)).train()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    assert len(before.splitlines()) == 2
+
+    class Killed(Exception):
+        pass
+
+    real_open = finetune_mod._open_metrics
+
+    def open_then_die(path, history):
+        real_open(path, history).close()
+        raise Killed  # the process dies before its first step
+
+    monkeypatch.setattr(finetune_mod, "_open_metrics", open_then_die)
+    with pytest.raises(Killed):
+        Run(_config(assets, tmp_path, steps=4, resume=True)).train()
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert not list(tmp_path.glob(".metrics.jsonl.*"))
 
 
 @pytest.mark.parametrize(

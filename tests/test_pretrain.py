@@ -228,3 +228,16 @@ def test_non_finite_weights_after_a_step_stop_the_run_naming_the_tensor(data_roo
     with pytest.raises(NonFiniteLossError, match=r"weight \S+ is not finite after pretrain vae step 1"):
         pretrain(_opts("vae", data_root, tmp_path / "inf.pt", ckpt_every=1))
     assert not (tmp_path / "inf.pt").exists()
+
+
+def test_an_absurd_learning_rate_stops_at_the_loss_check_naming_it(data_root, tmp_path):
+    """lr=1e30 (finite): the weights stay finite but the next forward is NaN. The run stops at the loss
+    check naming the learning rate, not inside torch.distributions (the issue's raw ValueError); every
+    checkpoint written on the way holds finite weights."""
+    out = tmp_path / "huge.pt"
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 2 .*learning rate \[[0-9.e+]+\] is not finite or absurdly"
+    ):
+        pretrain(_opts("vae", data_root, out, steps=3, lr=1e30, ckpt_every=1, warmup=0))
+    state = torch.load(out, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

@@ -630,6 +630,23 @@ def test_non_finite_weights_after_an_update_stop_training_and_name_the_tensor(fu
         trainer.step(batch)
 
 
+def test_huge_finite_weights_are_not_reported_as_non_finite_and_the_learning_rate_is_named():
+    """lr=1e30: the weights stay finite (their 2-norm would overflow fp32, their max-norm does not); the
+    NaN reward that follows names the learning rate as the likely cause."""
+    from easytune.train_utils import weights_finite
+
+    assert bool(weights_finite([torch.full((4,), 1e30), torch.ones(2)]))
+    assert not bool(weights_finite([torch.ones(2), torch.tensor([1.0, float("nan")])]))
+    assert not bool(weights_finite([torch.tensor([float("-inf")])]))
+    model, sched, batch = make_setup()
+    model = model.float()
+    batch = {k: None if v is None else v.float() for k, v in batch.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=1e30)
+    trainer = et.Trainer(model, sched, reward_fn, method=et.methods.EasyTune(k=3), optimizer=opt)
+    with pytest.raises(NonFiniteLossError, match=r"learning rate \[1e\+30\] is not finite or absurdly"):
+        trainer.step(batch)
+
+
 def test_trainable_weights_outside_the_optimizer_are_refused_by_name():
     model, sched, batch = make_setup()
     opt = torch.optim.SGD(model.net[0].parameters(), lr=0.1)  # net.2 would collect gradients forever

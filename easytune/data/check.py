@@ -257,11 +257,13 @@ def check_before_run(
     kind: str | None = None,
     splits: Sequence[str] = ("train",),
     skip: bool = False,
+    show_progress: bool = True,
 ) -> None:
     """Validate the data a run will read before its first step: every clip of ``splits`` in full (the
     ``easytune data check`` checks; clips outside the length filter are the loaders' business, not a problem),
     all problems listed in one ``DataError``. Skipped when ``skip`` (``--skip-data-check``) or when the
-    dataset's stamp (``STAMP``) still matches its files; a clean check writes the stamp."""
+    dataset's stamp (``STAMP``) still matches its files; a clean check writes the stamp. A progress bar
+    unless not ``show_progress`` (the run's ``--no-progress``)."""
     root = Path(root)
     if kind is None:  # the skeleton whose feature width Mean.npy has (a bad Mean.npy: the check names it)
         try:
@@ -276,7 +278,11 @@ def check_before_run(
         log.info("%s: %s is unchanged since it was checked (%s): not re-read", what, root, STAMP)
         return
     report = check_dataset(
-        root, kind, splits=splits, allow_out_of_range=True, progress=f"{what}: checking data"
+        root,
+        kind,
+        splits=splits,
+        allow_out_of_range=True,
+        progress=f"{what}: checking data" if show_progress else None,
     )
     if report.problems:
         listed = "\n  ".join(report.problems[:20])

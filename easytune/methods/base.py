@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from easytune.config import check_int
 from easytune.errors import ConfigError
 
 REWARD_TARGETS = ("x0_hat", "sample")
@@ -81,8 +82,7 @@ class Method:
 
 def check_count(method: str, name: str, value: int, low: int = 1) -> int:
     """Validate an integer option at construction time."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{method}: {name} must be an integer >= {low}, got {value!r}")
+    check_int(f"{method}: {name}", value, low)
     return value
 
 

@@ -153,7 +153,7 @@ class MDM(nn.Module):
         ckpt = load_checkpoint(path)
         if "config" in ckpt:
             state = model_state_dict(ckpt, path, use_ema)
-            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path))
+            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path), ckpt["config"])
         else:
             state = dict(ckpt["state_dict"]) if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
             state = {

@@ -142,7 +142,9 @@ class MotionVAE(nn.Module):
         tokens = self.encoder(self.query_pos_encoder(tokens), token_lengths)
         dist = self.latent_pre(tokens[:, :n_tok])
         mu, logvar = dist[:, : c.latent_size], dist[:, c.latent_size :]
-        posterior = torch.distributions.Normal(mu, logvar.exp().sqrt())
+        # No argument validation: NaN from diverged weights must reach the trainers' loss check, which
+        # names the step and the cause, not fail here inside torch.distributions.
+        posterior = torch.distributions.Normal(mu, logvar.exp().sqrt(), validate_args=False)
         return (posterior.rsample() if sample else mu), posterior
 
     @property
@@ -415,7 +417,7 @@ class MLD(nn.Module):
                     f"{path}: not an MLD model (its config has {what}; a reward model or evaluator?); pass "
                     "an MLD checkpoint (`easytune pretrain mld`, or a lineage MLD / MotionLCM file)"
                 )
-            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path))
+            model = build_for_state(lambda: cls.from_config(ckpt["config"]), state, str(path), ckpt["config"])
         else:
             if "denoiser.time_embedding.cond_proj.weight" in state:
                 raise CheckpointError(

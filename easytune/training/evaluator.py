@@ -131,7 +131,7 @@ def train_evaluator(
             s = torch.nn.functional.normalize(emb.sentence.float(), dim=-1)
             keep = (s @ s.T) <= 2 * cfg.filter_threshold - 1
         loss = margin_loss(text, motion, cfg.margin, keep)
-        check_finite(loss, "evaluator loss", step)
+        check_finite(loss, "evaluator loss", step, opt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm is not None:

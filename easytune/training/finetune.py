@@ -128,7 +128,9 @@ class Run:
         data = cfg.data or self.gen.data_dir
         if data is None:
             raise ConfigError("--data is required: the base checkpoint names no dataset")
-        check_before_run(data, "finetune", skip=cfg.skip_data_check or not self.info.is_main)
+        check_before_run(
+            data, "finetune", skip=cfg.skip_data_check or not self.info.is_main, show_progress=cfg.progress
+        )
         self.prompts = PromptSampler(dataset_prompts(data), cfg.seed, self.info.rank)
         parts = build_finetuning(
             self.gen,
@@ -232,12 +234,13 @@ class Run:
             if old == new or (isinstance(old, list) and tuple(old) == new):
                 continue
             name = flag(key)
+            old_s, new_s = ("unset" if v is None else repr(v) for v in (old, new))
             if key not in allowed:
                 raise ConfigError(
-                    f"--resume: {path} was run with {name} {old!r}, this run has {new!r}; resume with the "
-                    f"saved value, or pass --allow-changed {name} to change it knowingly"
+                    f"--resume: {path} was run with {name} {old_s}, this run has {new_s}; resume with the "
+                    f"saved value, or pass --allow-changed {name.lstrip('-')} to change it knowingly"
                 )
-            log.warning("--resume: %s changed from %r to %r (--allow-changed)", name, old, new)
+            log.warning("--resume: %s changed from %s to %s (--allow-changed)", name, old_s, new_s)
         return state
 
     def _load(self, path: Path, state: dict[str, Any]) -> None:

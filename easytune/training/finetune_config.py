@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from easytune.config import check_int, flag_of, option
 from easytune.config import check_number as _number
-from easytune.config import flag_of, option
 from easytune.errors import ConfigError
 from easytune.methods import registry
 
@@ -76,7 +76,8 @@ class FinetuneConfig:
     resume: bool = option(False, "continue RUN_DIR/last.pt exactly", saved=False)
     overwrite: bool = option(False, "replace a previous run in RUN_DIR", saved=False)
     allow_changed: tuple[str, ...] = option(
-        help="with --resume: let this option differ from the saved run (logged)",
+        help="with --resume: let this option differ from the saved run, logged (its name without the "
+        "dashes: --allow-changed lr)",
         default_factory=tuple,
         metavar="OPTION",
         saved=False,
@@ -143,8 +144,7 @@ class FinetuneConfig:
             ("--eval-samples", self.eval_samples, 1),
             ("--inference-steps", self.num_inference_steps, 1),
         ):
-            if value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value}")
+            check_int(name, value, low)
         if self.eval_every and not self.evaluator:
             raise ConfigError(
                 f"--eval-every {self.eval_every} needs --evaluator CKPT (what to evaluate with)"
@@ -158,8 +158,8 @@ class FinetuneConfig:
 
 
 def _check_method_options(method: str, options: dict[str, Any]) -> None:
-    """Names, types and choices of the method's options, from the registry (ranges: the method's own
-    constructor, when the run builds it)."""
+    """Names, types and choices of the method's options, from the registry; then their ranges, by building
+    the method."""
     entry = registry.info(method)
     accepted = {o.name: o for o in entry.options}
     for key, value in options.items():
@@ -176,6 +176,10 @@ def _check_method_options(method: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"--{key} of --method {entry.name} must be {opt.type.__name__}, got {value!r}")
         if opt.choices and value not in opt.choices:
             raise ConfigError(f"--{key} of --method {entry.name} must be one of {opt.choices}, got {value!r}")
+    try:  # the ranges: the method's constructor (a small object), before the run writes anything
+        registry.build(method, **options)
+    except ConfigError as err:
+        raise ConfigError(f"--method {entry.name}: {err}") from None
 
 
 # Options a --resume compares with the saved run (anything else may change: --steps, --out, --device, when to

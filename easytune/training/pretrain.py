@@ -339,7 +339,9 @@ def pretrain(
     _check(opts)
     seed_everything(opts.seed)  # model initialisation; a resumed run then restores the saved RNG state
     device = torch.device(opts.device)
-    check_before_run(opts.data, f"pretrain {opts.stage}", skip=opts.skip_data_check)
+    check_before_run(
+        opts.data, f"pretrain {opts.stage}", skip=opts.skip_data_check, show_progress=opts.show_progress
+    )
     dataset = MotionDataset(opts.data, "train", seed=opts.seed)
     ckpt = load_checkpoint(opts.resume) if opts.resume is not None else None
     vae_state = None
@@ -432,11 +434,11 @@ def pretrain(
         enabled=opts.show_progress,
     ):
         loss, parts = stage.loss(batches(step - 1), gen)
-        check_finite(loss, f"pretrain {opts.stage} loss", step)
+        check_finite(loss, f"pretrain {opts.stage} loss", step, optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
-        check_finite(grad_norm, f"pretrain {opts.stage} gradient norm", step)
+        check_finite(grad_norm, f"pretrain {opts.stage} gradient norm", step, optimizer)
         optimizer.step()
         check_weights(stage.model, optimizer, f"pretrain {opts.stage}", step)
         lr_scheduler.step()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from easytune.checkpoint import (
     load_training_checkpoint,
     save_atomic,
 )
+from easytune.config import check_int, check_number
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.train_utils import check_finite, check_weights, seed_everything
@@ -101,20 +101,44 @@ class RewardTrainConfig:
     ckpt_every: int = 250
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.batch_size >= 2, "batch_size must be >= 2 (the contrastive loss needs negatives)"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
-            (0.0 <= self.noise_prob <= 1.0, "noise_prob must lie in [0, 1]"),
-            (0 <= self.max_t < NOISE_SCHEDULE["num_train_timesteps"], "max_t must lie in [0, 999]"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.spl_weight >= 0, "spl_weight must be >= 0"),
-            (self.spl_topk >= 1, "spl_topk must be >= 1"),
-            (self.log_every >= 1 and self.ckpt_every >= 1, "log_every and ckpt_every must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"reward training: {msg}")
+        """Every value checked, named as its flag (``--lr``), with the accepted range."""
+        try:
+            for name, low, what in (
+                ("steps", 1, ""),
+                ("batch_size", 2, "(the contrastive loss needs negatives)"),
+                ("spl_topk", 1, ""),
+                ("bucket_pool", 0, ""),
+                ("log_every", 1, ""),
+                ("ckpt_every", 1, ""),
+                ("seed", 0, ""),
+            ):
+                check_int(_flag(name), getattr(self, name), low, what)
+            check_int("--max-t", self.max_t, 0)
+            check_number("--max-t", self.max_t, high=NOISE_SCHEDULE["num_train_timesteps"] - 1)
+            for name, low_open in (
+                ("lr", True),
+                ("temperature", True),
+                ("weight_decay", False),
+                ("sample_scale", False),
+                ("lambda_recons", False),
+                ("lambda_kl", False),
+                ("lambda_latent", False),
+                ("lambda_contrastive", False),
+                ("spl_weight", False),
+            ):
+                check_number(_flag(name), getattr(self, name), low=0, low_open=low_open)
+            check_number("--noise-prob", self.noise_prob, low=0, high=1)
+            check_number("--filter-threshold", self.filter_threshold, low=0, high=1)
+            if self.max_grad_norm is not None:
+                check_number("--max-grad-norm", self.max_grad_norm, low=0, low_open=True, what="(or unset)")
+            if self.spl_high_sim is not None:
+                check_number("--spl-high-sim", self.spl_high_sim, low=-1, high=1, what="(unset: off)")
+        except ConfigError as err:
+            raise ConfigError(f"reward training: {err}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -376,7 +400,7 @@ def train_reward_model(
         noisy, t = noise_augment(clean, cfg.noise_prob, cfg.max_t, gen, sched)
         emb = model.embed_captions(batch["caption"], device=device)
         losses = reward_losses(model, clean, noisy, lengths, emb, t, cfg)
-        check_finite(losses["total"], f"{stage} reward loss", step)
+        check_finite(losses["total"], f"{stage} reward loss", step, opt)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if cfg.max_grad_norm is not None:
