@@ -219,7 +219,19 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     assert torch.load(s1, weights_only=True)["meta"]["train_config"]["lr"] == 5e-4  # tiny preset default
     meta = torch.load(s2, weights_only=True)["meta"]
     assert meta["stage"] == "spl" and meta["train_config"]["noise_prob"] == 0.5
-    assert meta["train_config"]["lr"] == 1e-5 and meta["train_config"]["spl_weight"] == 1e-2
+    from easytune.training.reward import REFINE_DEFAULTS
+
+    assert {k: meta["train_config"][k] for k in ("lr", "spl_weight", "spl_topk")} == {
+        k: REFINE_DEFAULTS[k] for k in ("lr", "spl_weight", "spl_topk")
+    }
+    assert REFINE_DEFAULTS["lr"] == 1e-5 and REFINE_DEFAULTS["spl_weight"] == 1e-2
+    with pytest.raises(SystemExit):  # the help states the same defaults (it is built without torch)
+        main(["reward", "refine", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        f"default {REFINE_DEFAULTS['spl_weight']:g})" in text
+        and f"(default {REFINE_DEFAULTS['spl_topk']})" in text
+    )
     assert (
         main(
             [

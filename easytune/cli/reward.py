@@ -81,10 +81,10 @@ def register(subparsers: Any) -> None:
     refine.add_argument(
         "--spl-weight",
         type=float,
-        default=1e-2,
-        help="weight of the SPL term (0: plain continuation, the control)",
+        default=None,
+        help="weight of the SPL term (0: plain continuation, the control; default 0.01)",
     )
-    refine.add_argument("--spl-topk", type=int, default=10)
+    refine.add_argument("--spl-topk", type=int, default=None, help="SPL retrieval window (default 10)")
     refine.add_argument(
         "--spl-high-sim",
         type=float,
@@ -156,16 +156,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _refine(args: argparse.Namespace) -> int:
     from easytune.checkpoint import load_checkpoint
-    from easytune.training.reward import refine_spl
+    from easytune.training.reward import REFINE_DEFAULTS, REFINE_INHERITED, refine_spl
 
     init_cfg = load_checkpoint(args.init).get("meta", {}).get("train_config", {})
-    keep = ("noise_prob", "max_t", "sample_scale", "preset", "batch_size")
-    inherited = {k: init_cfg[k] for k in keep if k in init_cfg}
+    inherited = {k: init_cfg[k] for k in REFINE_INHERITED if k in init_cfg}
+    defaults = {k: REFINE_DEFAULTS[k] for k in ("steps", "lr")}
     cfg = _config(
         args,
-        **{"steps": 150, "lr": 1e-5, **inherited},
-        spl_weight=args.spl_weight,
-        spl_topk=args.spl_topk,
+        **{**defaults, **inherited},
+        spl_weight=REFINE_DEFAULTS["spl_weight"] if args.spl_weight is None else args.spl_weight,
+        spl_topk=REFINE_DEFAULTS["spl_topk"] if args.spl_topk is None else args.spl_topk,
         spl_high_sim=args.spl_high_sim,
         spl_double_temperature=args.spl_double_temperature,
     )

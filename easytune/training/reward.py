@@ -58,11 +58,17 @@ STAGE1_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {"lr": 1e-4, "batch_size": 64, "steps": 180_000},
     "tiny": {"lr": 5e-4, "batch_size": 32, "steps": 300},
 }
+# Stage-2 (SPL refinement) defaults: a short, gentle continuation of the stage-1 model; the noise options,
+# the preset and the batch size are inherited from the stage-1 checkpoint (``REFINE_INHERITED``).
+REFINE_DEFAULTS: dict[str, Any] = {"steps": 150, "lr": 1e-5, "spl_weight": 1e-2, "spl_topk": 10}
+REFINE_INHERITED = ("noise_prob", "max_t", "sample_scale", "preset", "batch_size")
 
 
 @dataclass
 class RewardTrainConfig:
-    """Options of ``easytune reward train`` / ``refine`` (defaults: stage 1 on the ``tiny`` preset).
+    """Options of ``easytune reward train`` / ``refine``. The field defaults are the library's; the command
+    line starts from the preset's ``STAGE1_DEFAULTS`` (train) or ``REFINE_DEFAULTS`` plus the values
+    ``REFINE_INHERITED`` from the stage-1 checkpoint (refine), then applies the flags given.
 
     ``filter_threshold``: InfoNCE negatives with caption cosine > ``2 * filter_threshold - 1`` are masked.
     SPL (``spl_weight`` > 0): ``spl_topk`` retrieval window; ``spl_high_sim`` (reference: 0.8) also
