@@ -631,11 +631,12 @@ def test_non_finite_weights_after_an_update_stop_training_and_name_the_tensor(fu
 
 
 def test_huge_finite_weights_are_not_reported_as_non_finite_and_the_learning_rate_is_named():
-    """lr=1e30: the weights stay finite (their 2-norm would overflow fp32, their max-norm does not); the
-    NaN reward that follows names the learning rate as the likely cause."""
+    """lr=1e30: the weights stay finite (their float32 2-norm would overflow; the check accumulates in
+    float64); the NaN reward that follows names the learning rate as the likely cause."""
     from easytune.train_utils import weights_finite
 
     assert bool(weights_finite([torch.full((4,), 1e30), torch.ones(2)]))
+    assert bool(weights_finite([torch.full((1000,), 3e38), torch.full((8,), 3e38, dtype=torch.bfloat16)]))
     assert not bool(weights_finite([torch.ones(2), torch.tensor([1.0, float("nan")])]))
     assert not bool(weights_finite([torch.tensor([float("-inf")])]))
     model, sched, batch = make_setup()
