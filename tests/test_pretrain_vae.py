@@ -17,7 +17,8 @@ from easytune.models.layers import sinusoidal_table
 from easytune.models.mld import MotionVAE, VAEConfig
 from easytune.models.presets import get_preset
 from easytune.train_utils import seed_everything
-from easytune.training.pretrain import VAE_LOSS_DEFAULTS, PretrainOptions, _Batches, pretrain
+from easytune.training.loop import SeededBatches
+from easytune.training.pretrain import BUCKET_POOL, VAE_LOSS_DEFAULTS, PretrainOptions, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _reference_first_loss(root: Path, rec_loss: str, kl_weight: float, joints_we
     dataset = MotionDataset(root, "train", seed=0)
     vae_cfg = get_preset("tiny")["vae"]
     model = MotionVAE(VAEConfig(**vae_cfg)).train()
-    batch = _Batches(dataset, 4, 0)(0)
+    batch = SeededBatches(dataset, 4, 0, bucket_pool=BUCKET_POOL)(0)
     x, lengths, mask = batch["motion"], batch["lengths"], batch["mask"]
     rec, _, post = model(x, lengths)
     valid = mask[..., None].float()

@@ -16,14 +16,13 @@ from easytune.data.humanml import MotionDataset, collate_motion, write_clip, wri
 from easytune.errors import ConfigError, NonFiniteLossError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.text import build_text_encoder
+from easytune.training.loop import SeededBatches, epoch_batches
 from easytune.training.reward import (
     RewardTrainConfig,
-    epoch_batches,
     filtered_info_nce,
     gaussian_kl,
     noise_augment,
     noise_scheduler,
-    seeded_batches,
     spl_loss,
     train_reward_model,
 )
@@ -135,13 +134,13 @@ def test_noise_augment_probability_and_forward_diffusion():
 
 def test_seeded_batches_resume_mid_epoch(data_dir):
     ds = MotionDataset(data_dir, "train")
-    full = seeded_batches(ds, 5, 3, 0, collate_motion)
-    ids = [next(full)["id"] for _ in range(9)]
-    resumed = seeded_batches(ds, 5, 3, 6, collate_motion)
-    assert [next(resumed)["id"] for _ in range(3)] == ids[6:]
+    full = SeededBatches(ds, 5, 3, collate=collate_motion)
+    ids = [full(s)["id"] for s in range(9)]
+    resumed = SeededBatches(ds, 5, 3, collate=collate_motion, bucket_pool=0)  # a fresh object, as on resume
+    assert [resumed(s)["id"] for s in range(6, 9)] == ids[6:]
     assert len(set(sum(ids[:4], []))) == 20  # epoch 0: 4 batches of 5, no repeats
-    with pytest.raises(ConfigError, match="fewer than batch_size"):
-        next(seeded_batches(ds, 100, 0, 0, collate_motion))
+    with pytest.raises(ConfigError, match="fewer than --batch-size 100"):
+        SeededBatches(ds, 100, 0)
 
 
 def test_epoch_batches_length_buckets():
@@ -206,7 +205,7 @@ def test_training_resume_is_exact_and_nan_guard(tmp_path, data_dir, text_encoder
             item["motion"] = item["motion"] * float("nan")
             return item
 
-    with pytest.raises(NonFiniteLossError, match="step 0"):
+    with pytest.raises(NonFiniteLossError, match=r"step 1\b"):
         train_reward_model(_tiny(text_encoder), Poisoned(), cfg, tmp_path / "c.pt", stage="stage1")
     assert not (tmp_path / "c.pt").exists()
 
@@ -314,10 +313,10 @@ def test_non_finite_weights_after_a_step_stop_reward_and_evaluator_training(
         monkeypatch.setattr(cls, "step", overflowing_step)
     ds = MotionDataset(data_dir, "train")
     cfg = RewardTrainConfig(steps=3, batch_size=6, ckpt_every=1, log_every=1)
-    with pytest.raises(NonFiniteError, match=r"weight \S+ is not finite after spl reward training step 0"):
+    with pytest.raises(NonFiniteError, match=r"weight \S+ is not finite after spl reward training step 1\b"):
         train_reward_model(_tiny(text_encoder), ds, cfg, tmp_path / "r.pt", stage="spl")
     assert not (tmp_path / "r.pt").exists()
     ev_cfg = EvaluatorTrainConfig(steps=2, batch_size=6, text_encoder="builtin:token_dim=16,sentence_dim=16")
-    with pytest.raises(NonFiniteError, match=r"not finite after evaluator training step 0"):
+    with pytest.raises(NonFiniteError, match=r"not finite after evaluator training step 1\b"):
         train_evaluator(data_dir, tmp_path / "e.pt", ev_cfg, train_set=ds)
     assert not (tmp_path / "e.pt").exists()

@@ -48,12 +48,12 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from easytune.data.humanml import MotionDataset
     from easytune.generation import load_generator
     from easytune.models.evaluator import MotionTextEvaluator
     from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table, generator_fn
-    from easytune.training.reward import load_split
 
-    dataset = load_split(args.data, args.split, caption_mode="first", crop="floor")
+    dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
     evaluator = MotionTextEvaluator.from_checkpoint(args.evaluator).to(args.device)
     gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.model_data, device=args.device)
     sizes = EvalSizes(

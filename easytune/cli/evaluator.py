@@ -66,12 +66,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from easytune.data.humanml import MotionDataset
     from easytune.models.evaluator import MotionTextEvaluator
     from easytune.training.evaluator import embed_pairs, ground_truth_metrics
-    from easytune.training.reward import load_split
 
     evaluator = MotionTextEvaluator.from_checkpoint(args.ckpt).to(args.device)
-    dataset = load_split(args.data, args.split, caption_mode="first", crop="floor")
+    dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
     text, motion = embed_pairs(evaluator, dataset, device=args.device)
     result = ground_truth_metrics(text, motion, seed=args.seed)
     rp = result["r_precision"]

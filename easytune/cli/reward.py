@@ -194,11 +194,12 @@ def format_retrieval(result: dict[str, Any]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from easytune.data.humanml import MotionDataset
     from easytune.models.reward import RewardModel
-    from easytune.training.reward import encode_split, evaluate_retrieval, load_split
+    from easytune.training.reward import encode_split, evaluate_retrieval
 
     model = RewardModel.from_checkpoint(args.ckpt).to(args.device)
-    dataset = load_split(args.data, args.split, caption_mode="first", crop="floor")
+    dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
     text, motion, _ = encode_split(model, dataset, noise_t=args.noise_t, seed=args.seed, device=args.device)
     result = evaluate_retrieval(
         text, motion, group_size=args.group_size, shuffles=args.shuffles, seed=args.seed

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,8 +30,8 @@ from easytune.checkpoint import (
 )
 from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
-from easytune.train_utils import check_finite, check_weights, seed_everything
-from easytune.training.reward import load_split, seeded_batches
+from easytune.train_utils import seed_everything
+from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
 
 log = logging.getLogger(__name__)
 
@@ -94,64 +93,62 @@ def train_evaluator(
     device: str | torch.device = "cpu",
     train_set: Any = None,
     collate: Any = None,
+    show_progress: bool = False,
+    on_step: Any = None,
 ) -> MotionTextEvaluator:
-    """Train a fresh ``cfg.preset`` evaluator on the train split of ``data`` and write ``out`` (atomically,
-    every ``ckpt_every`` steps, with optimizer/step/rng so ``resume`` continues exactly)."""
-    if collate is None:
-        from easytune.data.humanml import collate_motion as collate
+    """Train a fresh ``cfg.preset`` evaluator on the train split of ``data`` (or ``train_set``) and write
+    ``out`` (atomically, every ``ckpt_every`` steps, with optimizer/step/rng so ``resume`` continues exactly).
+    ``on_step(step, {"loss": ...})`` runs after every step (from 1), before its checkpoint."""
     out, device = check_output_file(out, resume=resume, overwrite=overwrite), torch.device(device)
     seed_everything(cfg.seed)
     overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
     model = build_evaluator(cfg.preset, **overrides).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    train_set = load_split(data, "train", seed=cfg.seed) if train_set is None else train_set
+    if train_set is None:
+        from easytune.data.humanml import MotionDataset
+
+        train_set = MotionDataset(data, "train", seed=cfg.seed)
     start = 0
     if resume and out.is_file():
         ckpt = load_training_checkpoint(out, asdict(cfg))
         load_state_dict_strict(model, ckpt["state_dict"], str(out))
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        restore_rng(ckpt["rng"], {}, str(out))
         start = int(ckpt["step"])
     meta = {"stage": "evaluator", "train_config": asdict(cfg), "data": str(data)}
 
     def save(step: int) -> None:
         ckpt = model.checkpoint({**meta, "step": step})
-        ckpt.update(optimizer=opt.state_dict(), step=step, rng={"torch": torch.get_rng_state()})
+        ckpt.update(optimizer=opt.state_dict(), step=step, rng=rng_state())
         save_atomic(ckpt, out)
 
-    batches = seeded_batches(train_set, cfg.batch_size, cfg.seed, start, collate, cfg.bucket_pool)
-    t0, total = time.perf_counter(), 0.0
-    for step in range(start, cfg.steps):
-        batch = next(batches)
+    batches = SeededBatches(train_set, cfg.batch_size, cfg.seed, collate=collate, bucket_pool=cfg.bucket_pool)
+
+    def step(s: int) -> dict[str, torch.Tensor]:
+        batch = batches(s - 1)
         emb = model.text_model.encode(batch["caption"], device=device)
         text = model.encode_text_tokens(emb.tokens, emb.mask)
         motion = model.encode_motion(batch["motion"].to(device), batch["lengths"].to(device))
         keep = None
         if cfg.filter_threshold is not None:
-            s = torch.nn.functional.normalize(emb.sentence.float(), dim=-1)
-            keep = (s @ s.T) <= 2 * cfg.filter_threshold - 1
+            s_emb = torch.nn.functional.normalize(emb.sentence.float(), dim=-1)
+            keep = (s_emb @ s_emb.T) <= 2 * cfg.filter_threshold - 1
         loss = margin_loss(text, motion, cfg.margin, keep)
-        check_finite(loss, "evaluator loss", step, opt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        check_weights(model, opt, "evaluator training", step)
-        total += float(loss.detach())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = (step - start) % cfg.log_every + 1
-            log.info(
-                "evaluator step %d/%d loss=%.4g (%.2f s/step)",
-                step + 1,
-                cfg.steps,
-                total / n,
-                (time.perf_counter() - t0) / n,
-            )
-            t0, total = time.perf_counter(), 0.0
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            save(step + 1)
-    save(cfg.steps)
+        update(loss, opt, model, what="evaluator training", step=s, max_grad_norm=cfg.max_grad_norm)
+        return {"loss": loss.detach()}
+
+    fit(
+        step,
+        start=start,
+        steps=cfg.steps,
+        save=save,
+        ckpt_every=cfg.ckpt_every,
+        log=log,
+        desc="evaluator",
+        log_every=cfg.log_every,
+        show_progress=show_progress,
+        on_step=on_step,
+    )
     return model.freeze()
 
 

@@ -30,7 +30,7 @@ from easytune.config import write_yaml
 from easytune.data.check import check_before_run
 from easytune.errors import ConfigError
 from easytune.generation import Generator, load_generator
-from easytune.train_utils import EMA, lr_lambda, progress, seed_everything
+from easytune.train_utils import EMA, lr_lambda, seed_everything
 from easytune.trainer import Trainer
 from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
 from easytune.training.finetune_config import (
@@ -40,6 +40,7 @@ from easytune.training.finetune_config import (
     field_of,
     flag,
 )
+from easytune.training.loop import fit, restore_rng, rng_state
 from easytune.training.lora import merge_lora
 from easytune.training.objective import RewardObjective, build_finetuning
 
@@ -193,7 +194,7 @@ class Run:
             "elapsed": self.elapsed,
             "history": self.history,
             "config": asdict(self.cfg),
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(),
         }
 
     def _check_out_dir(self) -> dict[str, Any] | None:
@@ -257,7 +258,7 @@ class Run:
         self.trainer.load_state_dict(own["trainer"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(own["rng"])
+        restore_rng(own["rng"], {}, str(path))
         self.step, self.elapsed, self.history = (
             int(state["step"]),
             float(state["elapsed"]),
@@ -268,7 +269,7 @@ class Run:
     def _rank_states(self) -> list[dict[str, Any]]:
         """Every rank's own random state (trainer generator, torch RNG): rank r resumes with entry r. A
         collective call: every rank must make it."""
-        local = {"trainer": self.trainer.state_dict(), "rng": torch.get_rng_state()}
+        local = {"trainer": self.trainer.state_dict(), "rng": rng_state()}
         if self.info.world_size == 1:
             return [local]
         states: list[Any] = [None] * self.info.world_size
@@ -298,46 +299,49 @@ class Run:
         if main:  # the resolved options: `easytune finetune --config RUN_DIR/config.yaml` repeats the run
             write_yaml(cfg, self.out / "config.yaml")
         tb = _tensorboard(self.out) if main else None
-        steps = progress(
-            range(self.step, cfg.steps),
-            total=cfg.steps - self.step,
-            desc=f"finetune {cfg.method}",
-            enabled=cfg.progress and self.info.is_main,
-        )
+
+        def step(s: int) -> dict[str, Any]:
+            captions, lengths = self.prompts.draw(self.step, cfg.batch_size)
+            batch = self.objective.batch(captions, lengths, self.info.device)
+            stats = all_reduce_mean(self.trainer.step(batch), self.info)
+            self.lr_scheduler.step()
+            if self.ema:
+                self.ema.update()
+            self.step = s
+            self.elapsed += stats["seconds"]
+            row = {"step": self.step, "time": self.elapsed, **stats}
+            if cfg.eval_every and self.evaluate_fn and self.step % cfg.eval_every == 0:
+                row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.gen, self.step).items()})
+            self.history.append(row)
+            if metrics is not None:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                if tb is not None:
+                    for k, v in row.items():
+                        tb.add_scalar(k, v, self.step)
+            if on_step is not None:
+                on_step(row)
+            return {}
+
         try:
-            for _ in steps:
-                if cfg.time_budget is not None and self.elapsed >= cfg.time_budget:
-                    log.info("time budget of %.0f s reached after %d steps", cfg.time_budget, self.step)
-                    break
-                captions, lengths = self.prompts.draw(self.step, cfg.batch_size)
-                batch = self.objective.batch(captions, lengths, self.info.device)
-                stats = all_reduce_mean(self.trainer.step(batch), self.info)
-                self.lr_scheduler.step()
-                if self.ema:
-                    self.ema.update()
-                self.step += 1
-                self.elapsed += stats["seconds"]
-                row = {"step": self.step, "time": self.elapsed, **stats}
-                if cfg.eval_every and self.evaluate_fn and self.step % cfg.eval_every == 0:
-                    row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.gen, self.step).items()})
-                self.history.append(row)
-                if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    if tb is not None:
-                        for k, v in row.items():
-                            tb.add_scalar(k, v, self.step)
-                if on_step is not None:
-                    on_step(row)
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                    self.save()
+            fit(
+                step,
+                start=self.step,
+                steps=cfg.steps,
+                save=lambda s: self.save(),
+                ckpt_every=cfg.ckpt_every,
+                log=log,
+                desc=f"finetune {cfg.method}",
+                show_progress=cfg.progress and main,
+                time_budget=cfg.time_budget,
+                clock=lambda: self.elapsed,
+            )
         finally:
             if metrics is not None:
                 metrics.close()
             if tb is not None:
                 tb.close()
         check_in_sync(self.gen.trainable, self.info)
-        self.save()
         return self.history
 
 

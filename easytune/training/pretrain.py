@@ -43,12 +43,10 @@ from easytune.checkpoint import (
 from easytune.errors import CheckpointError, ConfigError
 from easytune.train_utils import (
     EMA,
-    check_finite,
-    check_weights,
-    progress,
     seed_everything,
     warmup_cosine_lambda,
 )
+from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
 
 log = logging.getLogger("easytune.pretrain")
 
@@ -58,6 +56,8 @@ TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema", "rec_loss", "kl_weig
 # VAE loss settings a preset may leave out: MotionLCM's (smooth-L1 features + joints + 1e-4 KL).
 VAE_LOSS_DEFAULTS: dict[str, Any] = {"rec_loss": "smooth_l1", "kl_weight": 1e-4, "joints_weight": 1.0}
 REC_LOSSES = ("smooth_l1", "mse")
+# Length buckets: batches are cut from pools of BUCKET_POOL x batch size shuffled items sorted by length.
+BUCKET_POOL = 16
 
 
 @dataclass
@@ -142,43 +142,6 @@ def _check(opts: PretrainOptions) -> None:
         raise ConfigError(f"{loss_opts} only apply to the vae stage, not {opts.stage!r}")
 
 
-class _Batches:
-    """Deterministic, length-bucketed batches: step ``s`` (0-based) -> epoch ``s // per_epoch``; each epoch
-    shuffles the items with a generator seeded by ``(seed, epoch)``, sorts them by length within groups of
-    ``BUCKET`` batches (less padding: the transformers' cost grows with the longest item of a batch), cuts
-    full batches and shuffles their order. Every item is used once per epoch except the remainder."""
-
-    BUCKET = 16
-
-    def __init__(self, dataset: Any, batch_size: int, seed: int) -> None:
-        from easytune.data.humanml import collate_motion
-
-        if len(dataset) < batch_size:
-            raise ConfigError(
-                f"the training split has {len(dataset)} items, fewer than --batch-size {batch_size}"
-            )
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.per_epoch = len(dataset) // batch_size
-        self.lengths = torch.as_tensor(dataset.lengths)
-        self._collate = collate_motion
-        self._plan: tuple[int, torch.Tensor] | None = None
-
-    def _epoch_plan(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.dataset), generator=gen)
-        groups = perm.split(self.BUCKET * self.batch_size)
-        ordered = torch.cat([g[torch.argsort(self.lengths[g], stable=True)] for g in groups])
-        batches = ordered[: self.per_epoch * self.batch_size].view(self.per_epoch, self.batch_size)
-        return batches[torch.randperm(self.per_epoch, generator=gen)]
-
-    def __call__(self, step: int) -> dict:
-        epoch, k = divmod(step, self.per_epoch)
-        if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, self._epoch_plan(epoch))
-            self.dataset.set_epoch(epoch)
-        return self._collate([self.dataset[i] for i in self._plan[1][k].tolist()])
-
-
 def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``loss`` [B, T, ...] over valid frames (``mask`` bool [B, T]) and trailing dims."""
     per_frame = loss.flatten(2).mean(-1)
@@ -238,8 +201,8 @@ class _Stage:
         if self.opts.stage == "mld":
             self.model.vae.eval()
 
-    def loss(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of ``batch`` and its parts as floats."""
+    def loss(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of ``batch`` and its parts (detached 0-dim tensors, read once per step by the loop)."""
         feats = batch["motion"].to(self.device)
         lengths = batch["lengths"].to(self.device)
         mask = batch["mask"].to(self.device)
@@ -255,13 +218,13 @@ class _Stage:
         rec_loss = _masked_mean(rec_fn(rec, feats, reduction="none"), mask)
         kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).mean()
         loss = rec_loss + self.train["kl_weight"] * kl
-        parts = {"rec": rec_loss.item(), "kl": kl.item()}
+        parts = {"rec": rec_loss.detach(), "kl": kl.detach()}
         if self.train["joints_weight"] > 0:
             joints_rec = recover_from_ric(rec * self.std + self.mean)
             joints_ref = recover_from_ric(feats * self.std + self.mean)
             joints_loss = _masked_mean(F.smooth_l1_loss(joints_rec, joints_ref, reduction="none"), mask)
             loss = loss + self.train["joints_weight"] * joints_loss
-            parts["joints"] = joints_loss.item()
+            parts["joints"] = joints_loss.detach()
         return loss, parts
 
     def _diffusion_loss(self, feats, lengths, mask, captions, gen):
@@ -283,21 +246,7 @@ class _Stage:
             pred = self.model(x_t, t, cond, lengths)
             target = self.scheduler.training_target(feats, noise, t)
             loss = _masked_mean((pred - target) ** 2, mask)
-        return loss, {"mse": loss.item()}
-
-
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["generator"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        return loss, {"mse": loss.detach()}
 
 
 def _resolve(opts: PretrainOptions, text_dim_of: Callable[[str], int], nfeats: int) -> tuple[dict, dict]:
@@ -331,7 +280,8 @@ def pretrain(
     opts: PretrainOptions, callback: Callable[[int, dict[str, float]], None] | None = None
 ) -> PretrainResult:
     """Run (or resume) pretraining; write checkpoints to ``opts.out``. ``callback(step, stats)`` runs after
-    every step (stats: ``loss``, its parts, ``lr``). Returns the per-step losses of this call."""
+    every step, before its checkpoint (stats: ``loss``, its parts, ``lr`` of the update). Returns the per-step
+    losses of this call."""
     from easytune.data.check import check_before_run
     from easytune.data.humanml import MotionDataset
     from easytune.text import build_text_encoder
@@ -383,7 +333,7 @@ def pretrain(
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(train["warmup"], steps))
     ema = EMA(stage.trained, train["ema"]) if train["ema"] else None
     gen = torch.Generator().manual_seed(opts.seed)
-    batches = _Batches(dataset, train["batch_size"], opts.seed)
+    batches = SeededBatches(dataset, train["batch_size"], opts.seed, bucket_pool=BUCKET_POOL)
     start, seconds_before = 0, 0.0
     if ckpt is not None:
         state = ckpt["state_dict"]
@@ -394,12 +344,9 @@ def pretrain(
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         if ema is not None:
             ema.load_state_dict(strip_prefix(ckpt["ema"], stage.prefix))
-        _set_rng_state(ckpt["rng"], gen, device)
+        restore_rng(ckpt["rng"], {"noise": gen}, str(opts.resume))
         start, seconds_before = int(ckpt["step"]), float(ckpt["meta"].get("seconds", 0.0))
         log.info("resumed %s from %s at step %d", opts.stage, opts.resume, start)
-    if start >= steps:
-        raise ConfigError(f"{opts.resume}: already at step {start}; pass --steps above it to train further")
-
     meta = {
         "stage": opts.stage,
         "preset": opts.preset,
@@ -408,63 +355,58 @@ def pretrain(
         "mean": torch.as_tensor(dataset.mean),
         "std": torch.as_tensor(dataset.std),
     }
-    result = PretrainResult(Path(opts.out), steps)
     t0 = time.perf_counter()
+    last_loss: dict[int, float] = {}  # step -> loss, for the checkpoint's meta
 
-    def save(step: int, loss: float) -> None:
+    def save(step: int) -> None:
         ckpt_out = {
             "state_dict": stage.state_dict(),
             "config": config,
-            "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": loss},
+            "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": last_loss[step]},
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "step": step,
-            "rng": _rng_state(gen, device),
+            "rng": rng_state({"noise": gen}),
         }
         if ema is not None:
             ckpt_out["ema"] = {stage.prefix + k: v for k, v in ema.state_dict().items()}
         save_atomic(ckpt_out, opts.out)
 
-    stage.train_mode()
-    window: list[float] = []
-    for step in progress(
-        range(start + 1, steps + 1),
-        total=steps - start,
-        desc=f"pretrain {opts.stage}",
-        enabled=opts.show_progress,
-    ):
-        loss, parts = stage.loss(batches(step - 1), gen)
-        check_finite(loss, f"pretrain {opts.stage} loss", step, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
-        check_finite(grad_norm, f"pretrain {opts.stage} gradient norm", step, optimizer)
-        optimizer.step()
-        check_weights(stage.model, optimizer, f"pretrain {opts.stage}", step)
-        lr_scheduler.step()
-        if ema is not None:
-            ema.update()
-        value = loss.item()
-        result.losses.append((step, value))
-        window.append(value)
-        stats = {"loss": value, **parts, "lr": optimizer.param_groups[0]["lr"]}
+    def step(s: int) -> dict[str, Any]:
+        loss, parts = stage.loss(batches(s - 1), gen)
+        lr = optimizer.param_groups[0]["lr"]
+        update(
+            loss,
+            optimizer,
+            stage.model,
+            what=f"pretrain {opts.stage}",
+            step=s,
+            max_grad_norm=opts.max_grad_norm,
+            lr_scheduler=lr_scheduler,
+            ema=ema,
+        )
+        return {"loss": loss.detach(), **parts, "lr": lr}
+
+    def on_step(s: int, stats: dict[str, float]) -> None:
+        last_loss.clear()
+        last_loss[s] = stats["loss"]
         if callback is not None:
-            callback(step, stats)
-        if step % opts.log_every == 0 or step == steps:
-            log.info(
-                "%s step %d/%d loss %.5f (%s) lr %.2e",
-                opts.stage,
-                step,
-                steps,
-                sum(window) / len(window),
-                ", ".join(f"{k} {v:.4g}" for k, v in parts.items()),
-                stats["lr"],
-            )
-            window.clear()
-        if step % opts.ckpt_every == 0 or step == steps:
-            save(step, value)
-    result.seconds = time.perf_counter() - t0
-    return result
+            callback(s, stats)
+
+    stage.train_mode()
+    run = fit(
+        step,
+        start=start,
+        steps=steps,
+        save=save,
+        ckpt_every=opts.ckpt_every,
+        log=log,
+        desc=f"pretrain {opts.stage}",
+        log_every=opts.log_every,
+        show_progress=opts.show_progress,
+        on_step=on_step,
+    )
+    return PretrainResult(Path(opts.out), steps, run.series("loss"), run.seconds)
 
 
 def _check_normalisation(vae_meta: dict[str, Any], dataset: Any, path: str | Path | None) -> None:

@@ -23,8 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,8 @@ from easytune.checkpoint import (
 from easytune.config import check_int, check_number
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
-from easytune.train_utils import check_finite, check_weights, seed_everything
+from easytune.train_utils import seed_everything
+from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RewardTrainConfig:
     ``sample_scale``: latents are ``mu + sample_scale * sigma * eps`` (TMR's ``fact``; 1 = the reference,
     0 = the means).
     ``bucket_pool``: batches of similar lengths from pools of ``bucket_pool * batch_size`` shuffled items
-    (``epoch_batches``; about 3x faster on CPU than random batches); 0 = plain random batches.
+    (``training.loop.epoch_batches``; about 3x faster on CPU than random batches); 0 = plain random batches.
     """
 
     preset: str = "tiny"
@@ -270,56 +270,6 @@ def reward_losses(
 
 
 # ------------------------------------------------------------------------------------------------ data
-def epoch_batches(
-    n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None, bucket_pool: int = 0
-) -> list[list[int]]:
-    """Index batches of one epoch: a permutation seeded by ``(seed, epoch)`` cut into full batches (the
-    ``n % batch_size`` left over wait for a later epoch). With ``bucket_pool`` > 0 and ``lengths``, each
-    run of ``bucket_pool * batch_size`` permuted items is sorted by length before cutting, and the batch
-    order is shuffled (seeded): batches of similar lengths, so little padding."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    per_epoch = n // batch_size
-    perm = torch.randperm(n, generator=gen)[: per_epoch * batch_size].numpy()
-    if bucket_pool > 0 and lengths is not None:
-        pool = bucket_pool * batch_size
-        perm = np.concatenate(
-            [
-                chunk[np.argsort(lengths[chunk], kind="stable")]
-                for chunk in np.split(perm, range(pool, len(perm), pool))
-            ]
-        )
-    batches = perm.reshape(per_epoch, batch_size)
-    if bucket_pool > 0 and lengths is not None:
-        batches = batches[torch.randperm(per_epoch, generator=gen).numpy()]
-    return batches.tolist()
-
-
-def seeded_batches(
-    dataset: Any, batch_size: int, seed: int, start_step: int, collate: Callable, bucket_pool: int = 0
-) -> Iterator[Any]:
-    """Endless collated batches (``epoch_batches`` per epoch; ``dataset.lengths`` or the items' ``length``
-    feed the length buckets). Calls ``dataset.set_epoch(e)`` when it exists (fresh random crops /
-    captions). Starting at ``start_step`` gives exactly the batches a run from step 0 would see from that
-    step on."""
-    n = len(dataset)
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"the training split has {n} samples, fewer than batch_size={batch_size}")
-    lengths = None
-    if bucket_pool > 0:
-        lengths = getattr(dataset, "lengths", None)
-        lengths = np.asarray([dataset[i]["length"] for i in range(n)] if lengths is None else lengths)
-    step, cached = start_step, (None, None)
-    while True:
-        epoch, i = divmod(step, per_epoch)
-        if cached[0] != epoch:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            cached = (epoch, epoch_batches(n, batch_size, seed, epoch, lengths, bucket_pool))
-        yield collate([dataset[j] for j in cached[1][i]])
-        step += 1
-
-
 def noise_augment(
     motion: torch.Tensor, prob: float, max_t: int, generator: torch.Generator, scheduler: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,22 +289,6 @@ def noise_scheduler():
     return DDPMScheduler(**NOISE_SCHEDULE)
 
 
-def load_split(data: str | os.PathLike, split: str, **kw: Any):
-    from easytune.data.humanml import MotionDataset
-
-    return MotionDataset(data, split, **kw)
-
-
-# ------------------------------------------------------------------------------------------------ loop
-def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"torch": torch.get_rng_state(), "noise": gen.get_state()}
-
-
-def _restore_rng(state: dict[str, torch.Tensor], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["noise"])
-
-
 def train_reward_model(
     model: RewardModel,
     train_set: Any,
@@ -366,15 +300,16 @@ def train_reward_model(
     meta: dict[str, Any] | None = None,
     collate: Callable | None = None,
     device: str | torch.device = "cpu",
+    show_progress: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RewardModel:
     """Run the training loop on ``model`` (stage 1 or SPL per ``cfg``) and write ``out`` atomically.
 
     ``out`` holds the easytune reward checkpoint plus ``optimizer``, ``step``, ``rng`` and the training
     config, rewritten every ``ckpt_every`` steps; with ``resume`` an existing ``out`` is continued
-    (same config required, ``steps`` may grow). Raises ``NonFiniteLossError`` on a NaN/inf loss.
+    (same config required, ``steps`` may grow). ``on_step(step, losses)`` runs after every step (steps
+    count from 1), before its checkpoint. Raises ``NonFiniteLossError`` on a NaN/inf loss.
     """
-    if collate is None:
-        from easytune.data.humanml import collate_motion as collate
     out = Path(out)
     device = torch.device(device)
     seed_everything(cfg.seed)
@@ -386,7 +321,7 @@ def train_reward_model(
         ckpt = load_training_checkpoint(out, asdict(cfg), stage)
         load_state_dict_strict(model, ckpt["state_dict"], str(out))
         opt.load_state_dict(ckpt["optimizer"])
-        _restore_rng(ckpt["rng"], gen)
+        restore_rng(ckpt["rng"], {"noise": gen}, str(out))
         start = int(ckpt["step"])
         log.info("resuming %s from step %d", out, start)
     sched = noise_scheduler()
@@ -394,41 +329,34 @@ def train_reward_model(
 
     def save(step: int) -> None:
         ckpt = model.checkpoint({**meta, "step": step})
-        ckpt.update(optimizer=opt.state_dict(), step=step, rng=_rng_state(gen))
+        ckpt.update(optimizer=opt.state_dict(), step=step, rng=rng_state({"noise": gen}))
         save_atomic(ckpt, out)
 
-    batches = seeded_batches(train_set, cfg.batch_size, cfg.seed, start, collate, cfg.bucket_pool)
-    t0, sums = time.perf_counter(), {}
-    for step in range(start, cfg.steps):
-        batch = next(batches)
+    batches = SeededBatches(train_set, cfg.batch_size, cfg.seed, collate=collate, bucket_pool=cfg.bucket_pool)
+
+    def step(s: int) -> dict[str, torch.Tensor]:
+        batch = batches(s - 1)
         clean = batch["motion"].to(device)
         lengths = batch["lengths"].to(device)
         noisy, t = noise_augment(clean, cfg.noise_prob, cfg.max_t, gen, sched)
         emb = model.embed_captions(batch["caption"], device=device)
         losses = reward_losses(model, clean, noisy, lengths, emb, t, cfg)
-        check_finite(losses["total"], f"{stage} reward loss", step, opt)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        check_weights(model, opt, f"{stage} reward training", step)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = (step - start) % cfg.log_every + 1
-            log.info(
-                "%s step %d/%d %s (%.2f s/step)",
-                stage,
-                step + 1,
-                cfg.steps,
-                " ".join(f"{k}={v / n:.4g}" for k, v in sums.items()),
-                (time.perf_counter() - t0) / n,
-            )
-            t0, sums = time.perf_counter(), {}
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            save(step + 1)
-    save(cfg.steps)
+        what = f"{stage} reward training"
+        update(losses["total"], opt, model, what=what, step=s, max_grad_norm=cfg.max_grad_norm)
+        return {k: v.detach() for k, v in losses.items()}
+
+    fit(
+        step,
+        start=start,
+        steps=cfg.steps,
+        save=save,
+        ckpt_every=cfg.ckpt_every,
+        log=log,
+        desc=f"reward {stage}",
+        log_every=cfg.log_every,
+        show_progress=show_progress,
+        on_step=on_step,
+    )
     return model
 
 
@@ -448,7 +376,9 @@ def train_stage1(
     overrides = {} if cfg.text_encoder is None else {"text_encoder": cfg.text_encoder}
     seed_everything(cfg.seed)
     model = build_reward_model(cfg.preset, mode=cfg.mode, **overrides)
-    train = load_split(data, "train", seed=cfg.seed)
+    from easytune.data.humanml import MotionDataset
+
+    train = MotionDataset(data, "train", seed=cfg.seed)
     return train_reward_model(
         model, train, cfg, out, stage="stage1", resume=resume, meta={"data": str(data)}, device=device
     )
@@ -471,7 +401,9 @@ def refine_spl(
         log.warning("spl_weight=0: no SPL term, a plain stage-1 continuation (the control run for SPL)")
     model = RewardModel.from_checkpoint(init, freeze=False)
     cfg = dataclasses.replace(cfg, mode=model.config.mode, text_encoder=model.config.text_encoder)
-    train = load_split(data, "train", seed=cfg.seed)
+    from easytune.data.humanml import MotionDataset
+
+    train = MotionDataset(data, "train", seed=cfg.seed)
     return train_reward_model(
         model,
         train,
