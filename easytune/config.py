@@ -74,16 +74,28 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per field of ``cls`` (with ``cli``) to ``parser``, every default ``SUPPRESS`` so that
-    ``from_command_line`` sees only the flags given; ``--help`` shows the dataclass default."""
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    exclude: tuple[str, ...] = (),
+    shown: dict[str, Any] | None = None,
+) -> None:
+    """Add one option per field of ``cls`` (with ``cli``, not in ``exclude``) to ``parser``, every default
+    ``SUPPRESS`` so that ``from_command_line`` sees only the flags given; ``--help`` shows the dataclass
+    default, or ``shown[field]`` where the command starts from other defaults (``from_command_line``'s
+    ``defaults``)."""
     hints = _hints(cls)
+    unknown = set(exclude) | set(shown or {})
+    unknown -= {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True):
+        if not f.metadata.get("cli", True) or f.name in exclude:
             continue
         typ, optional = _base_type(hints[f.name])
-        default = _default(f)
-        shown = "unset" if default is None else default
+        default = (shown or {}).get(f.name, _default(f))
+        shown_default = "unset" if default is None else default
         helptext = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if typ is bool:
@@ -105,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = f.metadata["choices"]
         if not f.metadata.get("choices"):
             kwargs["metavar"] = f.metadata.get("metavar") or flag_of(f)[2:].upper().replace("-", "_")
-        parser.add_argument(flag_of(f), help=f"{helptext} (default: {shown})", **kwargs)
+        parser.add_argument(flag_of(f), help=f"{helptext} (default: {shown_default})", **kwargs)
 
 
 def read_yaml(path: str | os.PathLike, cls: type) -> dict[str, Any]:
@@ -165,10 +177,13 @@ def _coerce(path: Path, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def from_command_line(cls: type, args: argparse.Namespace, **given: Any) -> Any:
-    """``cls`` from its defaults < the YAML file ``args.config`` (if any) < the flags given (``args`` built by
-    ``add_arguments``) < ``given`` (values the command computed itself)."""
-    values: dict[str, Any] = {}
+def from_command_line(
+    cls: type, args: argparse.Namespace, *, defaults: dict[str, Any] | None = None, **given: Any
+) -> Any:
+    """``cls`` from its field defaults < ``defaults`` (the command's own, e.g. inherited from a checkpoint) <
+    the YAML file ``args.config`` (if any) < the flags given (``args`` built by ``add_arguments``) <
+    ``given`` (values the command computed itself)."""
+    values: dict[str, Any] = dict(defaults or {})
     if getattr(args, "config", None):
         values.update(read_yaml(args.config, cls))
     names = {f.name for f in dataclasses.fields(cls)}

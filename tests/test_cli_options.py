@@ -176,3 +176,83 @@ def test_sample_refuses_an_unusable_output_before_any_work(tmp_path, capsys, mon
         argv = ["sample", "--ckpt", "default", "--text", "a person walks", "--steps", "2", *argv]
         assert main(argv) == 2
         assert message in capsys.readouterr().err, argv
+
+
+TRAINING_COMMANDS = [
+    ("pretrain vae", "easytune.training.pretrain_config", "PretrainOptions"),
+    ("pretrain mld", "easytune.training.pretrain_config", "PretrainOptions"),
+    ("pretrain mdm", "easytune.training.pretrain_config", "PretrainOptions"),
+    ("reward train", "easytune.training.reward_config", "RewardTrainConfig"),
+    ("reward refine", "easytune.training.reward_config", "RewardTrainConfig"),
+    ("evaluator train", "easytune.training.evaluator_config", "EvaluatorTrainConfig"),
+]
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for word in command.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("command, module, name", TRAINING_COMMANDS)
+def test_training_options_are_generated_from_their_config_dataclass(command, module, name):
+    """Issue 15: each training command's hyper-parameters are its config's fields (one source): every
+    field with a flag is offered unless the stage excludes it, and no other option exists besides the
+    per-invocation ones (cli._common.add_run_arguments) and refine's --init."""
+    import dataclasses
+    import importlib
+
+    from easytune.config import flag_of
+    from easytune.training import pretrain_config, reward_config
+
+    cls = getattr(importlib.import_module(module), name)
+    excluded = {
+        "pretrain vae": {"vae"},
+        "pretrain mld": {"rec_loss", "kl_weight", "joints_weight"},
+        "pretrain mdm": {"vae", "rec_loss", "kl_weight", "joints_weight"},
+        "reward train": set(reward_config.REFINE_ONLY),
+        "reward refine": set(reward_config.TRAIN_ONLY),
+        "evaluator train": set(),
+    }[command]
+    if command.startswith("pretrain"):
+        stage = command.split()[1]
+        assert excluded == {k for k, stages in pretrain_config.STAGE_ONLY.items() if stage not in stages}
+    wanted = {
+        flag_of(f) if f.default is not True else "--no-" + flag_of(f)[2:]
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) and f.name not in excluded
+    }
+    run = {"--config", "--data", "--out", "--resume", "--overwrite", "--skip-data-check", "--device"}
+    run |= {"--no-progress", "-h"} | ({"--init"} if command == "reward refine" else set())
+    offered = {s for a in _subparser(command)._actions for s in a.option_strings if s != "--help"}
+    assert offered == wanted | run
+
+
+def test_a_reward_config_file_and_the_same_flags_give_identical_runs(tmp_path):
+    from motion_data import write_random_motions
+
+    data = write_random_motions(
+        tmp_path / "d", [40 + 2 * i for i in range(12)], [(f"a person walks {i % 4}",) for i in range(12)]
+    )
+    (tmp_path / "run.yaml").write_text("steps: 2\nbatch_size: 6\nlr: 0.001\nnoise_prob: 0.5\nmode: M1T0\n")
+    common = ["reward", "train", "--data", str(data), "--no-progress", "--text-encoder", "builtin"]
+    assert main([*common, "--out", str(tmp_path / "file.pt"), "--config", str(tmp_path / "run.yaml")]) == 0
+    flags = ["--steps", "2", "--batch-size", "6", "--lr", "0.001", "--noise-prob", "0.5", "--mode", "M1T0"]
+    assert main([*common, "--out", str(tmp_path / "flags.pt"), *flags]) == 0
+    a = torch.load(tmp_path / "file.pt", weights_only=True)
+    b = torch.load(tmp_path / "flags.pt", weights_only=True)
+    assert a["meta"]["train_config"] == b["meta"]["train_config"]
+    assert a["meta"]["train_config"]["lr"] == 0.001 and a["meta"]["train_config"]["mode"] == "M1T0"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # a flag given overrides the file; a bad value in the file is named with its flag
+    assert (
+        main(
+            [*common, "--out", str(tmp_path / "o.pt"), "--config", str(tmp_path / "run.yaml"), "--lr", "nan"]
+        )
+        == 2
+    )
+    (tmp_path / "bad.yaml").write_text("steps: 0\n")
+    assert main([*common, "--out", str(tmp_path / "o.pt"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert not (tmp_path / "o.pt").exists()

@@ -151,7 +151,8 @@ def test_option_errors(data_root, tmp_path, vae_ckpt):
     with pytest.raises(ConfigError, match="needs --vae"):
         pretrain(_opts("mld", data_root, tmp_path / "x.pt"))
     with pytest.raises(ConfigError, match="is a mld preset"):
-        pretrain(_opts("mdm", data_root, tmp_path / "x.pt"))
+        pretrain(_opts("mdm", data_root, tmp_path / "x.pt", preset="tiny"))
+    assert _opts("mdm", data_root, tmp_path / "x.pt").preset == "mdm-tiny"  # unset: the stage's preset
     with pytest.raises(ConfigError, match="fewer than --batch-size"):
         pretrain(_opts("vae", data_root, tmp_path / "x.pt", batch_size=64))
     with pytest.raises(ConfigError, match="already at step"):
@@ -198,7 +199,7 @@ def test_sample_errors(vae_ckpt, mld_ckpt, tmp_path):
 
 
 def test_unsafe_outputs_and_silent_option_changes_are_refused(data_root, tmp_path, vae_ckpt):
-    with pytest.raises(ConfigError, match="--lr must be a finite number > 0, got inf"):
+    with pytest.raises(ConfigError, match=r"--lr must be a finite number in \(0, inf\), got inf"):
         pretrain(_opts("vae", data_root, tmp_path / "x.pt", lr=float("inf")))
     existing = tmp_path / "existing.pt"
     existing.write_bytes(vae_ckpt.read_bytes())

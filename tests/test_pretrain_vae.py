@@ -18,7 +18,8 @@ from easytune.models.mld import MotionVAE, VAEConfig
 from easytune.models.presets import get_preset
 from easytune.train_utils import seed_everything
 from easytune.training.loop import SeededBatches
-from easytune.training.pretrain import BUCKET_POOL, VAE_LOSS_DEFAULTS, PretrainOptions, pretrain
+from easytune.training.pretrain import BUCKET_POOL, PretrainOptions, pretrain
+from easytune.training.pretrain_config import VAE_LOSS_DEFAULTS
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +96,11 @@ def test_vae_loss_settings_default_to_the_preset_then_motionlcm(data_root, tmp_p
 
 def test_vae_loss_setting_errors(data_root, tmp_path):
     base = dict(data=data_root, out=tmp_path / "x.pt", steps=1, batch_size=4, show_progress=False)
-    with pytest.raises(ConfigError, match="rec_loss must be one of"):
+    with pytest.raises(ConfigError, match="--rec-loss must be one of"):
         pretrain(PretrainOptions(stage="vae", rec_loss="l2", **base))
-    with pytest.raises(ConfigError, match="kl_weight must be >= 0"):
+    with pytest.raises(ConfigError, match=r"--kl-weight must be a finite number in \[0, inf\)"):
         pretrain(PretrainOptions(stage="vae", kl_weight=-1.0, **base))
-    with pytest.raises(ConfigError, match="only apply to the vae stage"):
+    with pytest.raises(ConfigError, match="--joints-weight only applies to the vae stage"):
         pretrain(PretrainOptions(stage="mdm", preset="mdm-tiny", joints_weight=0.0, **base))
 
 

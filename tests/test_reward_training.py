@@ -218,7 +218,7 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
     assert torch.load(s1, weights_only=True)["meta"]["train_config"]["lr"] == 5e-4  # tiny preset default
     meta = torch.load(s2, weights_only=True)["meta"]
     assert meta["stage"] == "spl" and meta["train_config"]["noise_prob"] == 0.5
-    from easytune.training.reward import REFINE_DEFAULTS
+    from easytune.training.reward_config import REFINE_DEFAULTS
 
     assert {k: meta["train_config"][k] for k in ("lr", "spl_weight", "spl_topk")} == {
         k: REFINE_DEFAULTS[k] for k in ("lr", "spl_weight", "spl_topk")
@@ -228,8 +228,9 @@ def test_cli_train_refine_eval(tmp_path, data_dir, capsys):
         main(["reward", "refine", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert (
-        f"default {REFINE_DEFAULTS['spl_weight']:g})" in text
-        and f"(default {REFINE_DEFAULTS['spl_topk']})" in text
+        f"(default: {REFINE_DEFAULTS['spl_weight']})" in text
+        and f"(default: {REFINE_DEFAULTS['spl_topk']})" in text
+        and "(default: the --init checkpoint's)" in text
     )
     assert (
         main(

@@ -7,30 +7,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import DEVICE_HELP
+from easytune.cli._common import DEVICE_HELP, add_run_arguments
 
 
 def register(subparsers: Any) -> None:
+    from easytune.config import add_arguments
+    from easytune.training.evaluator_config import EvaluatorTrainConfig
+
     parser = subparsers.add_parser("evaluator", help="train / check the independent evaluator (T2M style)")
     sub = parser.add_subparsers(dest="evaluator_command", metavar="ACTION", required=True)
 
     train = sub.add_parser("train", help="train a conv + GRU evaluator with a margin contrastive loss")
-    train.add_argument("--data", required=True, help="dataset folder (HumanML3D layout)")
-    train.add_argument("--out", required=True, help="checkpoint to write")
-    train.add_argument("--preset", default="tiny", choices=("tiny", "t2m"))
-    train.add_argument("--text-encoder", default=None, help="text encoder spec (default: the preset's)")
-    train.add_argument("--steps", type=int, default=None, help="the preset's default (tiny 1000, t2m 20000)")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=None, help="the preset's default (tiny 5e-4, t2m 1e-4)")
-    train.add_argument("--margin", type=float, default=10.0)
-    train.add_argument(
-        "--bucket-pool", type=int, default=8, help="length-bucketed batches (0: plain random batches)"
+    add_run_arguments(
+        train,
+        out_help="checkpoint to write (atomically, every --ckpt-every steps)",
+        resume_help="continue --out if it exists (exact: optimizer, step, RNG)",
     )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--resume", action="store_true", help="continue --out if it exists")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    train.add_argument("--device", default="auto", help=DEVICE_HELP)
-    train.add_argument("--log-every", type=int, default=50)
+    add_arguments(train, EvaluatorTrainConfig)
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="ground-truth R-Precision (groups of 32), MM-Dist, Diversity")
@@ -44,22 +37,22 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from easytune.training.evaluator import EVALUATOR_DEFAULTS, EvaluatorTrainConfig, train_evaluator
+    from easytune.config import from_command_line
+    from easytune.data.check import check_before_run
+    from easytune.training.evaluator import train_evaluator
+    from easytune.training.evaluator_config import EvaluatorTrainConfig
 
-    defaults = EVALUATOR_DEFAULTS[args.preset]
-    cfg = EvaluatorTrainConfig(
-        preset=args.preset,
-        text_encoder=args.text_encoder,
-        steps=defaults["steps"] if args.steps is None else args.steps,
-        batch_size=args.batch_size,
-        lr=defaults["lr"] if args.lr is None else args.lr,
-        margin=args.margin,
-        bucket_pool=args.bucket_pool,
-        seed=args.seed,
-        log_every=args.log_every,
-    )
+    cfg = from_command_line(EvaluatorTrainConfig, args)
+    progress = not args.no_progress
+    check_before_run(args.data, "evaluator train", skip=args.skip_data_check, show_progress=progress)
     train_evaluator(
-        args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
+        args.data,
+        args.out,
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        show_progress=progress,
     )
     print(f"wrote {args.out}")
     return 0

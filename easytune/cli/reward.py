@@ -7,96 +7,41 @@ import json
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import DEVICE_HELP
+from easytune.cli._common import DEVICE_HELP, add_run_arguments
 
-MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder (HumanML3D layout)")
-    p.add_argument("--out", required=True, help="checkpoint to write (atomically, also during training)")
-    p.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps (train: tiny 300, paper 180000; refine: 150)"
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="train: the preset's (tiny 32, paper 64)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="AdamW learning rate (train: tiny 5e-4, paper 1e-4; refine: 1e-5)",
-    )
-    p.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (default: none)")
-    p.add_argument(
-        "--noise-prob",
-        type=float,
-        default=None,
-        help="probability of noising a training motion (train: 0; refine: the init's value)",
-    )
-    p.add_argument("--max-t", type=int, default=None, help="noise steps drawn from U{0..max_t} (default 500)")
-    p.add_argument(
-        "--bucket-pool",
-        type=int,
-        default=8,
-        help="batch items of similar length from pools of this many batches (0: plain random batches)",
-    )
-    p.add_argument(
-        "--sample-scale",
-        type=float,
-        default=None,
-        help="training latents mu + s * sigma * eps (train: 1 as the reference; refine: the init's value)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue --out if it exists")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument(
-        "--skip-data-check",
-        action="store_true",
-        help="do not read every clip before the first step (for data checked with `easytune data check`)",
-    )
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--log-every", type=int, default=50)
+OUT_HELP = "checkpoint to write (atomically, also during training)"
+RESUME_HELP = "continue --out if it exists (exact: optimizer, step, RNG)"
 
 
 def register(subparsers: Any) -> None:
+    from easytune.config import add_arguments
+    from easytune.training.reward_config import (
+        REFINE_DEFAULTS,
+        REFINE_ONLY,
+        TRAIN_ONLY,
+        RewardTrainConfig,
+    )
+
     parser = subparsers.add_parser(
         "reward", help="train, refine (SPL) and evaluate the retrieval reward model"
     )
     sub = parser.add_subparsers(dest="reward_command", metavar="ACTION", required=True)
 
     train = sub.add_parser("train", help="stage 1: retrieval training (reconstruction, KL, InfoNCE)")
-    _common(train)
-    train.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
-    train.add_argument(
-        "--mode",
-        default="M0T0",
-        choices=MODES,
-        help="time conditioning: M1 = motion encoder gets a timestep token, T1 = text encoder",
-    )
-    train.add_argument("--text-encoder", default=None, help="text encoder spec (default: the preset's)")
+    add_run_arguments(train, out_help=OUT_HELP, resume_help=RESUME_HELP)
+    add_arguments(train, RewardTrainConfig, exclude=REFINE_ONLY)
     train.set_defaults(func=_train)
 
-    refine = sub.add_parser("refine", help="stage 2: SPL self-refinement preference learning")
+    refine = sub.add_parser(
+        "refine",
+        help="stage 2: SPL self-refinement preference learning",
+        description="Options left unset start from the refine defaults; the preset, batch size and "
+        "noise options from the --init checkpoint.",
+    )
     refine.add_argument("--init", required=True, help="stage-1 checkpoint")
-    _common(refine)
-    refine.add_argument(
-        "--spl-weight",
-        type=float,
-        default=None,
-        help="weight of the SPL term (0: plain continuation, the control; default 0.01)",
-    )
-    refine.add_argument("--spl-topk", type=int, default=None, help="SPL retrieval window (default 10)")
-    refine.add_argument(
-        "--spl-high-sim",
-        type=float,
-        default=None,
-        help="reference-code variant: also count a retrieval as correct when any similarity "
-        "in the row exceeds this (reference: 0.8; default: off)",
-    )
-    refine.add_argument(
-        "--spl-double-temperature",
-        action="store_true",
-        help="reference-code variant: divide the similarities by the temperature twice",
-    )
+    add_run_arguments(refine, out_help=OUT_HELP, resume_help=RESUME_HELP)
+    inherited = {k: "the --init checkpoint's" for k in ("noise_prob", "max_t", "sample_scale", "batch_size")}
+    add_arguments(refine, RewardTrainConfig, exclude=TRAIN_ONLY, shown={**REFINE_DEFAULTS, **inherited})
     refine.set_defaults(func=_refine)
 
     ev = sub.add_parser("eval", help="retrieval metrics R@1/2/3/5/10, MedR (t2m, m2t; full and groups of 32)")
@@ -119,61 +64,49 @@ def register(subparsers: Any) -> None:
     ev.set_defaults(func=_eval)
 
 
-def _config(args: argparse.Namespace, **fixed: Any):
-    from easytune.training.reward import RewardTrainConfig
-
-    given = {
-        k: getattr(args, k)
-        for k in ("steps", "lr", "batch_size", "noise_prob", "max_t", "sample_scale")
-        if getattr(args, k) is not None
-    }
-    return RewardTrainConfig(
-        bucket_pool=args.bucket_pool,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
-        log_every=args.log_every,
-        **{**fixed, **given},
-    )
-
-
 def _train(args: argparse.Namespace) -> int:
-    from easytune.training.reward import STAGE1_DEFAULTS, train_stage1
-
-    cfg = _config(
-        args,
-        **STAGE1_DEFAULTS[args.preset],
-        preset=args.preset,
-        mode=args.mode,
-        text_encoder=args.text_encoder,
-    )
+    from easytune.config import from_command_line
     from easytune.data.check import check_before_run
+    from easytune.training.reward import train_stage1
+    from easytune.training.reward_config import RewardTrainConfig
 
-    check_before_run(args.data, "reward train", skip=args.skip_data_check)
-    train_stage1(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    cfg = from_command_line(RewardTrainConfig, args)
+    check_before_run(args.data, "reward train", skip=args.skip_data_check, show_progress=not args.no_progress)
+    train_stage1(
+        args.data,
+        args.out,
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        show_progress=not args.no_progress,
+    )
     print(f"wrote {args.out}")
     return 0
 
 
 def _refine(args: argparse.Namespace) -> int:
     from easytune.checkpoint import load_checkpoint
-    from easytune.training.reward import REFINE_DEFAULTS, REFINE_INHERITED, refine_spl
+    from easytune.config import from_command_line
+    from easytune.data.check import check_before_run
+    from easytune.training.reward import refine_spl
+    from easytune.training.reward_config import REFINE_DEFAULTS, REFINE_INHERITED, RewardTrainConfig
 
     init_cfg = load_checkpoint(args.init).get("meta", {}).get("train_config", {})
     inherited = {k: init_cfg[k] for k in REFINE_INHERITED if k in init_cfg}
-    defaults = {k: REFINE_DEFAULTS[k] for k in ("steps", "lr")}
-    cfg = _config(
-        args,
-        **{**defaults, **inherited},
-        spl_weight=REFINE_DEFAULTS["spl_weight"] if args.spl_weight is None else args.spl_weight,
-        spl_topk=REFINE_DEFAULTS["spl_topk"] if args.spl_topk is None else args.spl_topk,
-        spl_high_sim=args.spl_high_sim,
-        spl_double_temperature=args.spl_double_temperature,
+    cfg = from_command_line(RewardTrainConfig, args, defaults={**REFINE_DEFAULTS, **inherited})
+    check_before_run(
+        args.data, "reward refine", skip=args.skip_data_check, show_progress=not args.no_progress
     )
-    from easytune.data.check import check_before_run
-
-    check_before_run(args.data, "reward refine", skip=args.skip_data_check)
     refine_spl(
-        args.init, args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device
+        args.init,
+        args.data,
+        args.out,
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        show_progress=not args.no_progress,
     )
     print(f"wrote {args.out}")
     return 0

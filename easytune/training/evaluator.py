@@ -13,9 +13,8 @@ Nothing here shares weights, architecture or loss with the reward model.
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -28,45 +27,12 @@ from easytune.checkpoint import (
     load_training_checkpoint,
     save_atomic,
 )
-from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
 from easytune.train_utils import seed_everything
+from easytune.training.evaluator_config import EvaluatorTrainConfig
 from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
 
 log = logging.getLogger(__name__)
-
-
-# Defaults per preset: ``tiny`` is the CPU recipe (minutes); ``t2m`` uses the official learning rate and
-# batch size (the official schedule trains by epochs with early stopping on a validation split).
-EVALUATOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": {"lr": 5e-4, "steps": 1000},
-    "t2m": {"lr": 1e-4, "steps": 20_000},
-}
-
-
-@dataclass
-class EvaluatorTrainConfig:
-    """Options of ``easytune evaluator train``."""
-
-    preset: str = "tiny"
-    text_encoder: str | None = None
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-4
-    margin: float = 10.0
-    filter_threshold: float | None = 0.9
-    max_grad_norm: float | None = 1.0
-    bucket_pool: int = 8
-    seed: int = 0
-    log_every: int = 50
-    ckpt_every: int = 250
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or not 0 < self.lr < math.inf or self.margin <= 0:
-            raise ConfigError(
-                f"evaluator training: need steps >= 1, batch_size >= 2, lr > 0, margin > 0; got "
-                f"{self.steps}, {self.batch_size}, {self.lr}, {self.margin}"
-            )
 
 
 def margin_loss(

@@ -21,7 +21,6 @@ as ``state_dict``, the averaged trained part; ``from_checkpoint`` prefers it).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,55 +46,16 @@ from easytune.train_utils import (
     warmup_cosine_lambda,
 )
 from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
+from easytune.training.pretrain_config import (
+    TRAIN_KEYS,
+    VAE_LOSS_DEFAULTS,
+    PretrainOptions,
+)
 
 log = logging.getLogger("easytune.pretrain")
 
-STAGES = ("vae", "mld", "mdm")
-# Options that default to the preset's ``train[stage]`` values and are recorded in ``meta["train"]``.
-TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema", "rec_loss", "kl_weight", "joints_weight")
-# VAE loss settings a preset may leave out: MotionLCM's (smooth-L1 features + joints + 1e-4 KL).
-VAE_LOSS_DEFAULTS: dict[str, Any] = {"rec_loss": "smooth_l1", "kl_weight": 1e-4, "joints_weight": 1.0}
-REC_LOSSES = ("smooth_l1", "mse")
 # Length buckets: batches are cut from pools of BUCKET_POOL x batch size shuffled items sorted by length.
 BUCKET_POOL = 16
-
-
-@dataclass
-class PretrainOptions:
-    """What ``pretrain`` runs. ``None`` fields take the preset's defaults (``preset['train'][stage]``).
-
-    VAE loss: ``rec_loss`` (``smooth_l1`` or ``mse`` on the normalised features, valid frames), plus
-    ``joints_weight`` x smooth-L1 on joint positions recovered from the features, plus ``kl_weight`` x KL;
-    unset in the preset too, they are ``VAE_LOSS_DEFAULTS``.
-
-    ``resume``: a training checkpoint to continue from (its config wins over ``preset`` / ``text_encoder``).
-    ``vae``: the VAE (or MLD) checkpoint whose frozen VAE the ``mld`` stage trains on.
-    """
-
-    stage: str
-    data: str | Path
-    out: str | Path
-    preset: str = "tiny"
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    warmup: int | None = None
-    ema: float | None = None
-    ckpt_every: int = 500
-    resume: str | Path | None = None
-    seed: int = 0
-    text_encoder: str | None = None
-    vae: str | Path | None = None
-    device: str = "cpu"
-    cond_drop: float = 0.1
-    rec_loss: str | None = None
-    kl_weight: float | None = None
-    joints_weight: float | None = None
-    max_grad_norm: float = 1.0
-    log_every: int = 100
-    show_progress: bool = True
-    overwrite: bool = False
-    skip_data_check: bool = False
 
 
 @dataclass
@@ -108,38 +68,9 @@ class PretrainResult:
     seconds: float = 0.0
 
 
-def _check(opts: PretrainOptions) -> None:
-    if opts.stage not in STAGES:
-        raise ConfigError(f"pretrain stage must be one of {STAGES}, got {opts.stage!r}")
-    if opts.stage == "mld" and opts.vae is None and opts.resume is None:
-        raise ConfigError(
-            "pretrain mld needs --vae CKPT (a VAE from `easytune pretrain vae`, or an MLD checkpoint)"
-        )
-    if opts.stage != "mld" and opts.vae is not None:
-        raise ConfigError(f"--vae is only used by the mld stage, not {opts.stage!r}")
-    for name in ("steps", "batch_size", "ckpt_every", "log_every"):
-        value = getattr(opts, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):
-        raise ConfigError(f"--lr must be a finite number > 0, got {opts.lr}")
-    if not (math.isfinite(opts.max_grad_norm) and opts.max_grad_norm > 0):
-        raise ConfigError(f"--max-grad-norm must be a finite number > 0, got {opts.max_grad_norm}")
-    # an output location that cannot be written is found now, not after the first checkpoint
+def _check_out(opts: PretrainOptions) -> None:
+    """An output location that cannot be written is found now, not after the first checkpoint."""
     check_output_file(opts.out, resume=opts.resume is not None, overwrite=opts.overwrite)
-    if not 0.0 <= opts.cond_drop < 1.0:
-        raise ConfigError(f"condition dropout must be in [0, 1), got {opts.cond_drop}")
-    if opts.ema is not None and not 0.0 < opts.ema < 1.0:
-        raise ConfigError(f"--ema DECAY must be in (0, 1), got {opts.ema}")
-    if opts.rec_loss is not None and opts.rec_loss not in REC_LOSSES:
-        raise ConfigError(f"rec_loss must be one of {REC_LOSSES}, got {opts.rec_loss!r}")
-    for name in ("kl_weight", "joints_weight"):
-        value = getattr(opts, name)
-        if value is not None and not value >= 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}")
-    loss_opts = [k for k in VAE_LOSS_DEFAULTS if getattr(opts, k) is not None]
-    if opts.stage != "vae" and loss_opts:
-        raise ConfigError(f"{loss_opts} only apply to the vae stage, not {opts.stage!r}")
 
 
 def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -286,7 +217,7 @@ def pretrain(
     from easytune.data.humanml import MotionDataset
     from easytune.text import build_text_encoder
 
-    _check(opts)
+    _check_out(opts)
     seed_everything(opts.seed)  # model initialisation; a resumed run then restores the saved RNG state
     device = torch.device(opts.device)
     check_before_run(

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,112 +39,16 @@ from easytune.checkpoint import (
     load_training_checkpoint,
     save_atomic,
 )
-from easytune.config import check_int, check_number
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.train_utils import seed_everything
 from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
-
-log = logging.getLogger(__name__)
-
-NOISE_SCHEDULE = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+from easytune.training.reward_config import (
+    NOISE_SCHEDULE,
+    RewardTrainConfig,
 )
 
-
-# Stage-1 defaults per preset: ``paper`` is the reference recipe (lr 1e-4, batch 64, ~500 epochs of
-# HumanML3D); ``tiny`` is the CPU recipe (a few minutes): a larger learning rate for a short run.
-STAGE1_DEFAULTS: dict[str, dict[str, Any]] = {
-    "paper": {"lr": 1e-4, "batch_size": 64, "steps": 180_000},
-    "tiny": {"lr": 5e-4, "batch_size": 32, "steps": 300},
-}
-# Stage-2 (SPL refinement) defaults: a short, gentle continuation of the stage-1 model; the noise options,
-# the preset and the batch size are inherited from the stage-1 checkpoint (``REFINE_INHERITED``).
-REFINE_DEFAULTS: dict[str, Any] = {"steps": 150, "lr": 1e-5, "spl_weight": 1e-2, "spl_topk": 10}
-REFINE_INHERITED = ("noise_prob", "max_t", "sample_scale", "preset", "batch_size")
-
-
-@dataclass
-class RewardTrainConfig:
-    """Options of ``easytune reward train`` / ``refine``. The field defaults are the library's; the command
-    line starts from the preset's ``STAGE1_DEFAULTS`` (train) or ``REFINE_DEFAULTS`` plus the values
-    ``REFINE_INHERITED`` from the stage-1 checkpoint (refine), then applies the flags given.
-
-    ``filter_threshold``: InfoNCE negatives with caption cosine > ``2 * filter_threshold - 1`` are masked.
-    SPL (``spl_weight`` > 0): ``spl_topk`` retrieval window; ``spl_high_sim`` (reference: 0.8) also
-    counts a text as correctly retrieved when any similarity in its row exceeds it (None = off);
-    ``spl_double_temperature`` divides by the temperature twice as the reference code does.
-    ``sample_scale``: latents are ``mu + sample_scale * sigma * eps`` (TMR's ``fact``; 1 = the reference,
-    0 = the means).
-    ``bucket_pool``: batches of similar lengths from pools of ``bucket_pool * batch_size`` shuffled items
-    (``training.loop.epoch_batches``; about 3x faster on CPU than random batches); 0 = plain random batches.
-    """
-
-    preset: str = "tiny"
-    mode: str = "M0T0"
-    text_encoder: str | None = None
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = None
-    noise_prob: float = 0.0
-    max_t: int = 500
-    temperature: float = 0.1
-    filter_threshold: float = 0.9
-    sample_scale: float = 1.0
-    lambda_recons: float = 1.0
-    lambda_kl: float = 1e-5
-    lambda_latent: float = 1e-5
-    lambda_contrastive: float = 0.1
-    spl_weight: float = 0.0
-    spl_topk: int = 10
-    spl_high_sim: float | None = None
-    spl_double_temperature: bool = False
-    bucket_pool: int = 8
-    seed: int = 0
-    log_every: int = 50
-    ckpt_every: int = 250
-
-    def __post_init__(self) -> None:
-        """Every value checked, named as its flag (``--lr``), with the accepted range."""
-        try:
-            for name, low, what in (
-                ("steps", 1, ""),
-                ("batch_size", 2, "(the contrastive loss needs negatives)"),
-                ("spl_topk", 1, ""),
-                ("bucket_pool", 0, ""),
-                ("log_every", 1, ""),
-                ("ckpt_every", 1, ""),
-                ("seed", 0, ""),
-            ):
-                check_int(_flag(name), getattr(self, name), low, what)
-            check_int("--max-t", self.max_t, 0)
-            check_number("--max-t", self.max_t, high=NOISE_SCHEDULE["num_train_timesteps"] - 1)
-            for name, low_open in (
-                ("lr", True),
-                ("temperature", True),
-                ("weight_decay", False),
-                ("sample_scale", False),
-                ("lambda_recons", False),
-                ("lambda_kl", False),
-                ("lambda_latent", False),
-                ("lambda_contrastive", False),
-                ("spl_weight", False),
-            ):
-                check_number(_flag(name), getattr(self, name), low=0, low_open=low_open)
-            check_number("--noise-prob", self.noise_prob, low=0, high=1)
-            check_number("--filter-threshold", self.filter_threshold, low=0, high=1)
-            if self.max_grad_norm is not None:
-                check_number("--max-grad-norm", self.max_grad_norm, low=0, low_open=True, what="(or unset)")
-            if self.spl_high_sim is not None:
-                check_number("--spl-high-sim", self.spl_high_sim, low=-1, high=1, what="(unset: off)")
-        except ConfigError as err:
-            raise ConfigError(f"reward training: {err}") from None
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -368,6 +272,7 @@ def train_stage1(
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    show_progress: bool = False,
 ) -> RewardModel:
     """``easytune reward train``: a fresh ``cfg.preset`` model trained with the stage-1 loss on ``data``."""
     if cfg.spl_weight:
@@ -380,7 +285,15 @@ def train_stage1(
 
     train = MotionDataset(data, "train", seed=cfg.seed)
     return train_reward_model(
-        model, train, cfg, out, stage="stage1", resume=resume, meta={"data": str(data)}, device=device
+        model,
+        train,
+        cfg,
+        out,
+        stage="stage1",
+        resume=resume,
+        meta={"data": str(data)},
+        device=device,
+        show_progress=show_progress,
     )
 
 
@@ -393,6 +306,7 @@ def refine_spl(
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    show_progress: bool = False,
 ) -> RewardModel:
     """``easytune reward refine``: SPL stage 2 from the stage-1 checkpoint ``init`` (its architecture is
     kept; ``cfg.mode`` and ``cfg.text_encoder`` are taken from it)."""
@@ -413,6 +327,7 @@ def refine_spl(
         resume=resume,
         meta={"data": str(data), "init": str(init)},
         device=device,
+        show_progress=show_progress,
     )
 
 
