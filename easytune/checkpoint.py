@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,33 @@ class ConfigCheckpointMixin:
 
 # Training options that may change when a run is resumed (a longer run, other logging).
 RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every")
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """The config dataclass ``cls`` from a plain dict (a checkpoint's ``config`` entry or a preset): unknown
+    fields and non-integer sizes are refused with ``ConfigError`` naming ``where`` (the file and key) and the
+    field; the dataclass's own checks run in its ``__post_init__``. The one loader of every model config."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {cls.__name__} fields {unknown} (known: {sorted(known)})")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():  # sizes are integers: a float (2e9) is refused before any build
+        if hints[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
+    return cls(**values)
+
+
+def model_state_dict(
+    ckpt: Mapping[str, Any], path: str | os.PathLike, use_ema: bool
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``state_dict``, with its ``ema`` weights (same key names) laid over when ``use_ema``."""
+    if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], Mapping):
+        raise CheckpointError(f"{path}: expected a 'state_dict' entry with the model weights")
+    state = dict(ckpt["state_dict"])
+    if use_ema and isinstance(ckpt.get("ema"), Mapping):
+        state.update(ckpt["ema"])
+    return state
 
 
 def load_training_checkpoint(

@@ -1,11 +1,8 @@
-"""A loaded text-to-motion model ready to sample or fine-tune: ``load_generator(ckpt)`` -> ``Generator``.
+"""A loaded text-to-motion model ready to sample or fine-tune: ``load_pipeline(ckpt)`` -> ``MotionPipeline``.
 
-One object hides the MLD / MDM differences from the CLI, the evaluation and the fine-tuning loop:
-
-- MLD: x is the VAE latent [B, latent_size, latent_dim]; ``cond`` the sentence embedding [B, 1, text_dim];
-  the null condition is the empty caption's embedding; ``decode`` runs the VAE decoder.
-- MDM: x is the normalised motion [B, max_frames, nfeats]; ``cond`` is ``{"text": [B, text_dim],
-  "lengths": [B]}``; the null condition zeroes the text embedding; there is no decoder.
+One object bundles the model with its text encoder, DDIM scheduler, guidance scale and dataset statistics (a
+diffusers-style pipeline); the MLD / MDM differences are answered by the model's family adapter
+(``easytune.models.families``), chosen once at load, so nothing here branches on the family.
 
 Sampled motions are returned de-normalised (``new_joint_vecs`` format) by ``sample``; everything else works
 on normalised features.
@@ -24,17 +21,19 @@ import torch
 
 from easytune.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
+from easytune.models.families import FAMILIES, MAX_FRAMES, ModelFamily
 
 log = logging.getLogger("easytune.generation")
 
-MAX_FRAMES = 196  # HumanML3D's longest training crop; MDM samples are padded to it
+__all__ = ["MAX_FRAMES", "MotionPipeline", "load_pipeline"]
 
 
 @dataclass
-class Generator:
-    """A text-to-motion model with its text encoder, DDIM scheduler, guidance scale and dataset statistics."""
+class MotionPipeline:
+    """A text-to-motion model (``family`` answers what differs between MLD and MDM) with its text encoder,
+    DDIM scheduler, guidance scale and dataset statistics ``mean`` / ``std`` [nfeats]."""
 
-    kind: str
+    family: ModelFamily
     model: torch.nn.Module
     text: Any
     scheduler: Any
@@ -45,25 +44,28 @@ class Generator:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def kind(self) -> str:
+        """The model family's name (``mld`` | ``mdm``), as in the checkpoint's ``config["kind"]``."""
+        return self.family.name
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
     def trainable(self) -> torch.nn.Module:
         """The module fine-tuning updates: MLD's latent denoiser, or the whole MDM."""
-        return self.model.denoiser if self.kind == "mld" else self.model
+        return self.family.trainable(self.model)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
-        if self.kind == "mld":
-            c = self.model.denoiser.config
-            return (c.latent_size, c.latent_dim)
-        return (MAX_FRAMES, self.model.config.nfeats)
+        """The per-sample shape of the diffused variable at the longest motion."""
+        return self.family.latent_shape(self.model)
 
     @property
     def max_frames(self) -> int:
         """The longest motion (frames) this model samples: its VAE's for MLD, ``MAX_FRAMES`` for MDM."""
-        return self.model.vae.max_frames if self.kind == "mld" else MAX_FRAMES
+        return self.family.max_frames(self.model)
 
     @property
     def data_dir(self) -> str | None:
@@ -74,15 +76,11 @@ class Generator:
     def decode(self):
         """``decode(x0, lengths, num_frames=None) -> normalised feats [B, T, nfeats]`` (MLD's VAE decoder,
         T = ``num_frames`` or max(lengths), the latter a device read); None for MDM."""
-        if self.kind != "mld":
-            return None
-        return self.model.vae.decode
+        return self.family.decoder(self.model)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """The model output for ``x_t`` at timesteps ``t`` [B] under ``cond`` (see the module docstring)."""
-        if self.kind == "mld":
-            return self.model.denoiser(x, t, cond)
-        return self.model(x, t, cond["text"], cond["lengths"])
+        """The model output for ``x_t`` at timesteps ``t`` [B] under ``cond`` (see ``models.families``)."""
+        return self.family.denoise(self.model, x, t, cond)
 
     def conditions(
         self, captions: list[str], lengths: list[int] | torch.Tensor, device: torch.device | None = None
@@ -90,11 +88,8 @@ class Generator:
         """(cond, null condition) for ``captions``; ``lengths`` are frames per sample."""
         device = self.device if device is None else device
         sentence = self.text.encode(captions, device=device).sentence
-        if self.kind == "mld":
-            null = self.text.encode([""], device=device).sentence.expand_as(sentence)
-            return sentence[:, None], null[:, None]
-        lens = torch.as_tensor(lengths, device=device)
-        return {"text": sentence, "lengths": lens}, {"text": torch.zeros_like(sentence), "lengths": lens}
+        null = self.text.encode([""], device=device).sentence
+        return self.family.conditions(sentence, null, torch.as_tensor(lengths, device=device))
 
     @torch.no_grad()
     def sample_normalised(
@@ -127,14 +122,12 @@ class Generator:
         rng = torch.Generator().manual_seed(seed)
         lens = torch.tensor(lengths, device=device)
         cond, null = self.conditions(captions, lens, device)
-        shape = (len(captions), *self.latent_shape)
-        if self.kind == "mdm":
-            shape = (len(captions), max(lengths), self.model.config.nfeats)
-        x_T = torch.randn(shape, generator=rng).to(device)
+        x_T = torch.randn(self.family.noise_shape(self.model, lengths), generator=rng).to(device)
         x0 = ddim_sample(
             self.denoise, self.scheduler, x_T, cond, null if w != 1.0 else None, guidance_scale=w
         )
-        feats = self.decode(x0, lens) if self.kind == "mld" else x0
+        decode = self.decode
+        feats = x0 if decode is None else decode(x0, lens)
         valid = torch.arange(feats.shape[1], device=device)[None, :] < lens[:, None]
         return feats * valid[..., None]
 
@@ -150,11 +143,7 @@ class Generator:
         meta: dict[str, Any] | None = None,
     ) -> Path:
         """Write the whole model, ``trainable_state`` as its fine-tuned part, as an easytune checkpoint."""
-        if self.kind == "mld":
-            state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("denoiser.")}
-            state.update({f"denoiser.{k}": v for k, v in trainable_state.items()})
-        else:
-            state = dict(trainable_state)
+        state = self.family.full_state(self.model, trainable_state)
         state = {k: v.detach().cpu() for k, v in state.items()}
         merged_meta = {**self.meta, **(meta or {}), "mean": self.mean.tolist(), "std": self.std.tolist()}
         config = {
@@ -167,14 +156,14 @@ class Generator:
         return save_atomic({"state_dict": state, "config": config, "meta": merged_meta}, path)
 
 
-def load_generator(
+def load_pipeline(
     ckpt: str | os.PathLike,
     *,
     text_encoder: str | None = None,
     data: str | os.PathLike | None = None,
     use_ema: bool = True,
     device: str | torch.device = "cpu",
-) -> Generator:
+) -> MotionPipeline:
     """Load an MLD or MDM checkpoint (``"default"``: the embedded tiny MLD) with everything sampling needs.
 
     Reference checkpoints carry no text encoder, scheduler or statistics: the preset defaults apply,
@@ -182,10 +171,6 @@ def load_generator(
     """
     from easytune.data.humanml import load_mean_std
     from easytune.diffusion import DDIMScheduler
-    from easytune.models import MDM, MLD
-    from easytune.models.mdm import DEFAULT_GUIDANCE as MDM_GUIDANCE
-    from easytune.models.mld import DEFAULT_GUIDANCE as MLD_GUIDANCE
-    from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
     from easytune.text import build_text_encoder
 
     path = resolve_checkpoint(ckpt, "mld_tiny.pt", "MLD model")
@@ -193,16 +178,17 @@ def load_generator(
     config = dict(raw.get("config") or {})
     state = raw.get("state_dict", raw)
     kind = config.get("kind") or ("mdm" if "input_process.poseEmbedding.weight" in state else "mld")
-    if kind not in ("mld", "mdm"):
+    if kind not in FAMILIES:
         raise CheckpointError(
             f"{path}: a {kind!r} checkpoint cannot sample; pass an MLD or MDM model "
             "(train the denoiser with `easytune pretrain mld --vae ...`)"
         )
-    model = (MLD if kind == "mld" else MDM).from_checkpoint(path, use_ema=use_ema).to(device).eval()
+    family = FAMILIES[kind]
+    model = family.model_class.from_checkpoint(path, use_ema=use_ema).to(device).eval()
     for name, tensor in model.state_dict().items():  # a NaN weight would sample NaN motions
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: weight {name} holds NaN or inf values; the model cannot sample")
-    text_dim = model.denoiser.config.text_dim if kind == "mld" else model.config.text_dim
+    text_dim = family.text_dim(model)
     spec = text_encoder or config.get("text_encoder")
     if spec is None:
         raise ConfigError(
@@ -223,9 +209,7 @@ def load_generator(
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
     else:
         raise ConfigError(f"{path}: no dataset Mean/Std in the checkpoint; pass --data DIR to de-normalise")
-    scheduler = DDIMScheduler.from_config(
-        config.get("scheduler") or (MLD_SCHEDULER if kind == "mld" else MDM_SCHEDULER)
-    )
+    scheduler = DDIMScheduler.from_config(config.get("scheduler") or family.default_scheduler)
     if (
         not scheduler.config.set_alpha_to_one
         and scheduler.config.steps_offset == 0
@@ -238,9 +222,9 @@ def load_generator(
             path,
             kind,
         )
-    guidance = float(config.get("guidance_scale", MLD_GUIDANCE if kind == "mld" else MDM_GUIDANCE))
-    return Generator(
-        kind=kind,
+    guidance = float(config.get("guidance_scale", family.default_guidance))
+    return MotionPipeline(
+        family=family,
         model=model,
         text=text,
         scheduler=scheduler,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from easytune.checkpoint import ASSETS
-from easytune.generation import Generator, load_generator
+from easytune.generation import MotionPipeline, load_pipeline
 from easytune.quickstart_config import QuickstartConfig
 
 log = logging.getLogger("easytune.quickstart")
@@ -59,7 +59,9 @@ def build_assets(out: Path, data: Path) -> dict[str, str]:
     return {name: str(out / f"{name}.pt") for name in ("mld_tiny", "reward", "evaluator")}
 
 
-def _evaluate(gen: Generator, reward_model: Any, evaluator: Any, data: Path, cfg: QuickstartConfig) -> dict:
+def _evaluate(
+    pipe: MotionPipeline, reward_model: Any, evaluator: Any, data: Path, cfg: QuickstartConfig
+) -> dict:
     """The evaluator's metrics on the test split plus the mean SPL reward of the generated motions."""
     from easytune.data.humanml import MotionDataset
     from easytune.training.evaluate import EvalSizes, evaluate_generation
@@ -67,7 +69,7 @@ def _evaluate(gen: Generator, reward_model: Any, evaluator: Any, data: Path, cfg
     rewards: list[float] = []
 
     def generate(captions: list[str], lengths: list[int], seed: int) -> list[torch.Tensor]:
-        feats = gen.sample_normalised(captions, lengths, steps=cfg.inference_steps, seed=seed)
+        feats = pipe.sample_normalised(captions, lengths, steps=cfg.inference_steps, seed=seed)
         with torch.no_grad():
             r = reward_model.reward(feats, torch.tensor(lengths, device=feats.device), captions)
         rewards.extend(r.tolist())
@@ -101,7 +103,7 @@ def _activation_bytes(run: Any, cfg: QuickstartConfig) -> int:
 
     captions, lengths = run.prompts.draw(10**9, cfg.batch_size)
     batch = run.objective.batch(captions, lengths, run.info.device)
-    with SavedTensorsMeter(exclude=list(run.gen.model.parameters())) as meter:
+    with SavedTensorsMeter(exclude=list(run.pipe.model.parameters())) as meter:
         run.trainer.step(batch)
     return meter.peak_bytes
 
@@ -131,7 +133,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     ckpts = {"mld_tiny": cfg.base, "reward": cfg.reward, "evaluator": cfg.evaluator}
     if from_scratch:
         ckpts = build_assets(out / "assets", data)
-    base = load_generator(ckpts["mld_tiny"], data=data)
+    base = load_pipeline(ckpts["mld_tiny"], data=data)
     reward_model = RewardModel.from_checkpoint(ckpts["reward"])
     evaluator = MotionTextEvaluator.from_checkpoint(ckpts["evaluator"])
     print(f"dataset {data}; checkpoints {ckpts}")
@@ -141,7 +143,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     rows = [_row("base", base_eval)]
     gt = base_eval["ground_truth"]
     runs: dict[str, tuple[Run, list[dict[str, Any]]]] = {}
-    models: dict[str, Generator] = {"base": base}
+    models: dict[str, MotionPipeline] = {"base": base}
     for method in ("easytune", "draft"):
         print(f"fine-tuning with {method} (K={cfg.k}) for {cfg.budget_s:.0f} s ...")
         ft = FinetuneConfig(
@@ -171,7 +173,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
         )
         model_path = run.export()
         peak = _activation_bytes(run, cfg)
-        tuned = load_generator(model_path, data=data)
+        tuned = load_pipeline(model_path, data=data)
         models[method] = tuned
         runs[method] = (run, history)
         ev = _evaluate(tuned, reward_model, evaluator, data, cfg)
@@ -209,7 +211,9 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     return rows
 
 
-def _write_gifs(models: dict[str, Generator], data: Path, out: Path, cfg: QuickstartConfig, render) -> None:
+def _write_gifs(
+    models: dict[str, MotionPipeline], data: Path, out: Path, cfg: QuickstartConfig, render
+) -> None:
     from easytune.data.features import recover_from_ric
     from easytune.data.humanml import MotionDataset
 
@@ -218,8 +222,8 @@ def _write_gifs(models: dict[str, Generator], data: Path, out: Path, cfg: Quicks
     for j, i in enumerate(picks.tolist()):
         item = test[int(i)]
         joints, titles = [], []
-        for name, gen in models.items():
-            feats = gen.sample([item["caption"]], [item["length"]], steps=cfg.inference_steps, seed=cfg.seed)
+        for name, pipe in models.items():
+            feats = pipe.sample([item["caption"]], [item["length"]], steps=cfg.inference_steps, seed=cfg.seed)
             joints.append(recover_from_ric(feats[0]))
             titles.append(name)
         path = out / f"prompt{j}.gif"

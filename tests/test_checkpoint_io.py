@@ -95,14 +95,40 @@ def test_a_config_that_contradicts_its_weights_is_refused_before_building(tmp_pa
 
     from easytune.checkpoint import ASSETS, load_checkpoint, save_atomic
     from easytune.errors import CheckpointError
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
 
     ckpt = load_checkpoint(ASSETS / "mld_tiny.pt")
     ckpt["config"] = {**ckpt["config"], "denoiser": {**ckpt["config"]["denoiser"], "ff_size": ff_size}}
     save_atomic(ckpt, tmp_path / "bad.pt")
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError, match=f"bad.pt: .*{message}") as err:
-        load_generator(tmp_path / "bad.pt")
+        load_pipeline(tmp_path / "bad.pt")
     assert time.perf_counter() - t0 < 30  # refused from shapes, nothing allocated
     if isinstance(ff_size, int):
         assert "linear1.weight: weights (256, 128), config (2000000000, 128)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "asset, load", [("reward.pt", "reward"), ("evaluator.pt", "evaluator"), ("mld_tiny.pt", "mld")]
+)
+def test_every_model_config_is_read_by_one_loader_naming_the_file_and_field(tmp_path, asset, load):
+    """Issue 15: one ``config_from_dict`` for every model config (MLD, MDM, reward model, evaluator)."""
+    from easytune.checkpoint import ASSETS, config_from_dict
+    from easytune.models import MLD
+    from easytune.models.evaluator import MotionTextEvaluator
+    from easytune.models.reward import RewardModel
+
+    ckpt = load_checkpoint(ASSETS / asset)
+    if load == "mld":
+        ckpt["config"]["vae"] = {**ckpt["config"]["vae"], "bogus": 1}
+    else:
+        ckpt["config"] = {**ckpt["config"], "bogus": 1}
+    save_atomic(ckpt, tmp_path / "bad.pt")
+    cls = {"reward": RewardModel, "evaluator": MotionTextEvaluator, "mld": MLD}[load]
+    with pytest.raises(
+        (ConfigError, CheckpointError), match=r"bad.pt: config(\.vae)?: unknown \w+Config fields \['bogus'\]"
+    ):
+        cls.from_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=r"here\.width must be an integer, got 2.5"):
+        config_from_dict(_Config, {"width": 2.5}, "here")
+    assert config_from_dict(_Config, {"width": 5}, "here") == _Config(5)

@@ -167,7 +167,7 @@ def test_sample_refuses_an_unusable_output_before_any_work(tmp_path, capsys, mon
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the output path was checked")
 
-    monkeypatch.setattr(generation, "load_generator", never)
+    monkeypatch.setattr(generation, "load_pipeline", never)
     for argv, message in [
         (["--out", "/proc/x.npy"], "--out /proc/x.npy: cannot write there"),
         (["--out", str(tmp_path)], "is a directory"),

@@ -18,8 +18,8 @@ from easytune.training.evaluate import (
     EvalSizes,
     evaluate_generation,
     format_table,
-    generator_fn,
     periodic_evaluator,
+    pipeline_fn,
 )
 
 
@@ -157,8 +157,8 @@ def test_cli_evaluator_and_eval(tmp_path, data_dir, capsys):
     assert result["generated"]["R@1"]["n"] == 2 and result["sizes"]["diversity_pairs"] == 12
 
 
-class FakeGenerator:
-    """``easytune.generation.Generator``'s sampling interface: constant motions in its own normalisation."""
+class FakePipeline:
+    """``MotionPipeline``'s sampling interface: constant motions in its own normalisation."""
 
     device = torch.device("cpu")
     mean, std = torch.full((263,), 0.5), torch.full((263,), 2.0)
@@ -171,13 +171,13 @@ def test_generator_fn_renormalises_and_periodic_evaluator(tmp_path, data_dir, ev
     class Stats:
         mean, std = torch.full((263,), 1.0), torch.full((263,), 4.0)
 
-    out = generator_fn(FakeGenerator(), Stats(), steps=2)(["a", "b"], [5, 3], 0)
+    out = pipeline_fn(FakePipeline(), Stats(), steps=2)(["a", "b"], [5, 3], 0)
     assert [o.shape for o in out] == [(5, 263), (3, 263)]
     torch.testing.assert_close(out[1], torch.full((3, 263), (1 * 2.0 + 0.5 - 1.0) / 4.0))
     evaluator.save(tmp_path / "ev.pt")
     fn = periodic_evaluator(str(tmp_path / "ev.pt"), str(data_dir), samples=10, steps=2)
     # the evaluator checkpoint rebuilds its text encoder from the spec it stores
-    row = fn(FakeGenerator(), 3)
+    row = fn(FakePipeline(), 3)
     assert set(row) == {"R@1", "R@2", "R@3", "FID", "MM-Dist", "Diversity"}
     assert (
         row["Diversity"] < 0.05

@@ -16,7 +16,7 @@ from easytune.checkpoint import save_atomic
 from easytune.data.humanml import load_mean_std
 from easytune.data.synthetic import generate_dataset
 from easytune.errors import ConfigError, NonFiniteLossError
-from easytune.generation import load_generator
+from easytune.generation import load_pipeline
 from easytune.methods import build as build_method
 from easytune.models.presets import build_model, get_preset, model_config
 from easytune.models.reward import build_reward_model
@@ -106,10 +106,10 @@ def test_resume_reproduces_the_loss_curve_and_export_loads(assets, tmp_path):
 
     run = Run(_config(assets, tmp_path / "export", steps=1))
     run.train()
-    gen = load_generator(run.export())
-    for k, v in run.gen.trainable.state_dict().items():
-        torch.testing.assert_close(gen.trainable.state_dict()[k], v)
-    assert gen.sample(["a person walks"], [8], steps=2)[0].shape == (8, 263)
+    pipe = load_pipeline(run.export())
+    for k, v in run.pipe.trainable.state_dict().items():
+        torch.testing.assert_close(pipe.trainable.state_dict()[k], v)
+    assert pipe.sample(["a person walks"], [8], steps=2)[0].shape == (8, 263)
 
 
 def test_export_cli_can_leave_out_the_dataset_path(assets, tmp_path):
@@ -135,7 +135,7 @@ def test_export_cli_can_leave_out_the_dataset_path(assets, tmp_path):
     assert kept["data"] == str(assets["data"])
     assert "data" not in shipped and shipped["source"] == "unit test"
     assert shipped["mean"] == kept["mean"] and shipped["std"] == kept["std"]
-    assert load_generator(tmp_path / "shipped.pt").data_dir is None
+    assert load_pipeline(tmp_path / "shipped.pt").data_dir is None
     assert (
         main(
             [
@@ -165,19 +165,19 @@ def test_resume_refuses_a_different_method(assets, tmp_path):
 
 def test_nan_loss_is_reported_not_trained_on(assets, tmp_path):
     run = Run(_config(assets, tmp_path, steps=1))
-    before = {k: v.clone() for k, v in run.gen.trainable.state_dict().items()}
+    before = {k: v.clone() for k, v in run.pipe.trainable.state_dict().items()}
     run.objective.reward = lambda feats, batch: feats.sum(dim=(1, 2)) * float("nan")
     run.trainer.reward_fn = run.objective.reward
     with pytest.raises(NonFiniteLossError):
         run.train()
-    for k, v in run.gen.trainable.state_dict().items():
+    for k, v in run.pipe.trainable.state_dict().items():
         torch.testing.assert_close(v, before[k])
 
 
 def test_checkpointing_the_frozen_reward_path_changes_no_number(assets, tmp_path):
     plain = Run(_config(assets, tmp_path / "plain", steps=2)).train()
     run = Run(_config(assets, tmp_path / "ckpt", steps=2, checkpoint_frozen=True))
-    assert run.gen.model.vae.decoder.gradient_checkpointing
+    assert run.pipe.model.vae.decoder.gradient_checkpointing
     assert run.reward_model.motion_encoder.gradient_checkpointing
     ckpt = run.train()
     for a, b in zip(plain, ckpt):
@@ -187,11 +187,11 @@ def test_checkpointing_the_frozen_reward_path_changes_no_number(assets, tmp_path
 
 def test_lora_and_regularisation_train_only_adapters(assets, tmp_path):
     run = Run(_config(assets, tmp_path, steps=1, lora_rank=2, reg_weight=0.1))
-    trainable = [n for n, p in run.gen.trainable.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in run.pipe.trainable.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     run.train()
-    gen = load_generator(run.export())
-    assert not any("lora" in k for k in gen.trainable.state_dict())
+    pipe = load_pipeline(run.export())
+    assert not any("lora" in k for k in pipe.trainable.state_dict())
 
 
 def _torchrun(assets, out, steps, *extra):
@@ -242,14 +242,14 @@ def test_two_process_gloo_run_keeps_ranks_in_sync_and_resumes_exactly(assets, tm
     # Each rank draws different prompts: without gradient averaging the final check_in_sync raises.
     _torchrun(assets, tmp_path / "ddp", 3)
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3
-    tuned = load_generator(tmp_path / "ddp" / "model.pt").trainable.state_dict()
-    base = load_generator(assets["base"]).trainable.state_dict()
+    tuned = load_pipeline(tmp_path / "ddp" / "model.pt").trainable.state_dict()
+    base = load_pipeline(assets["base"]).trainable.state_dict()
     assert any(not torch.equal(base[k], v) for k, v in tuned.items())
     # 2 trajectories, then resumed to 3: every rank continues its own random stream (its x_T noise), so
     # the weights are those of the uninterrupted run.
     _torchrun(assets, tmp_path / "split", 2)
     _torchrun(assets, tmp_path / "split", 3, "--resume")
-    resumed = load_generator(tmp_path / "split" / "model.pt").trainable.state_dict()
+    resumed = load_pipeline(tmp_path / "split" / "model.pt").trainable.state_dict()
     assert all(torch.equal(resumed[k], v) for k, v in tuned.items())
 
 
@@ -282,7 +282,7 @@ def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(asse
         lora_rank=lora_rank,
     )
     run = Run(cfg)
-    vae, reward = run.gen.model.vae, run.reward_model
+    vae, reward = run.pipe.model.vae, run.reward_model
     frozen_before = {
         **{f"vae.{k}": v.clone() for k, v in vae.state_dict().items()},
         **{f"reward.{k}": v.clone() for k, v in reward.state_dict().items()},
@@ -291,12 +291,12 @@ def test_only_the_denoiser_holds_gradients_and_the_frozen_path_is_unchanged(asse
     assert not any(p.requires_grad for p in [*vae.parameters(), *reward.parameters()])
     assert not vae.training and not reward.training
     if lora_rank:
-        assert all("lora_" in n for n, p in run.gen.trainable.named_parameters() if id(p) in trained)
+        assert all("lora_" in n for n, p in run.pipe.trainable.named_parameters() if id(p) in trained)
     checked = []
 
     def check(grads):  # at each update, after the backward
         holders = [
-            (n, p) for m in (run.gen.model, reward) for n, p in m.named_parameters() if p.grad is not None
+            (n, p) for m in (run.pipe.model, reward) for n, p in m.named_parameters() if p.grad is not None
         ]
         stray = [n for n, p in holders if id(p) not in trained]
         assert holders and not stray, stray
@@ -573,7 +573,7 @@ def _finetune_flags(assets, out) -> list[str]:
 
 def test_a_config_file_and_the_same_flags_give_identical_runs(assets, tmp_path):
     from easytune.cli import main
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
 
     assert main(_finetune_flags(assets, tmp_path / "flags")) == 0
     saved = tmp_path / "flags" / "config.yaml"
@@ -596,7 +596,7 @@ def test_a_config_file_and_the_same_flags_give_identical_runs(assets, tmp_path):
     strip = [[{k: v for k, v in json.loads(line).items() if "time" not in k and "seconds" not in k}
               for line in metrics[r]] for r in runs]  # fmt: skip
     assert len(strip[0]) == 3 and strip[0] == strip[1] == strip[2]
-    weights = [load_generator(tmp_path / r / "model.pt").model.state_dict() for r in runs]
+    weights = [load_pipeline(tmp_path / r / "model.pt").model.state_dict() for r in runs]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]) and torch.equal(value, weights[2][name]), name
 

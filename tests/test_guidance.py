@@ -136,7 +136,7 @@ def test_ddim_sample_needs_an_easytune_ddim_with_timesteps():
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_non_finite_or_negative_guidance_and_eta_are_named_before_sampling(name, value):
     """Issue 18: ``guidance_scale=nan`` used to return an all-NaN sample without an error."""
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
 
     scheduler = DDIMScheduler(num_train_timesteps=10)
     scheduler.set_timesteps(2)
@@ -145,4 +145,4 @@ def test_non_finite_or_negative_guidance_and_eta_are_named_before_sampling(name,
         ddim_sample(lambda x, t, c: x, scheduler, x, torch.zeros(1, 2), torch.zeros(1, 2), **{name: value})
     if name == "guidance_scale":
         with pytest.raises(ConfigError, match="guidance_scale must be a finite number"):
-            load_generator("default").sample(["a person walks"], [20], steps=2, guidance_scale=value)
+            load_pipeline("default").sample(["a person walks"], [20], steps=2, guidance_scale=value)

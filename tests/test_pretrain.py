@@ -12,7 +12,7 @@ from motion_data import write_random_motions
 from easytune.checkpoint import load_checkpoint
 from easytune.cli import main
 from easytune.errors import CheckpointError, ConfigError, NonFiniteLossError
-from easytune.generation import load_generator
+from easytune.generation import load_pipeline
 from easytune.models import MDM, MLD, load_vae
 from easytune.training import pretrain as pretrain_mod
 from easytune.training.pretrain import PretrainOptions, pretrain
@@ -141,7 +141,7 @@ def test_nan_guard_stops_without_stepping(data_root, tmp_path, monkeypatch):
     def nan_loss(self, batch, gen):
         return torch.tensor(float("nan"), requires_grad=True), {}
 
-    monkeypatch.setattr(pretrain_mod._Stage, "loss", nan_loss)
+    monkeypatch.setattr(pretrain_mod._VAEStage, "loss", nan_loss)
     with pytest.raises(NonFiniteLossError, match="step 1"):
         pretrain(_opts("vae", data_root, tmp_path / "nan.pt"))
     assert not (tmp_path / "nan.pt").exists()
@@ -183,19 +183,19 @@ def test_sample_cli_writes_denormalised_features_and_render(mld_ckpt, tmp_path, 
     feats = np.load(out)
     assert feats.shape == (44, 263) and feats.dtype == np.float32 and np.isfinite(feats).all()
     assert png.stat().st_size > 0
-    gen = load_generator(mld_ckpt)
-    again = gen.sample(["a person jumps twice"], [44], steps=5, seed=3)[0]
+    pipe = load_pipeline(mld_ckpt)
+    again = pipe.sample(["a person jumps twice"], [44], steps=5, seed=3)[0]
     np.testing.assert_array_equal(again, feats)
-    other = gen.sample(["a person jumps twice", "someone squats"], [44, 40], steps=5, seed=4)
+    other = pipe.sample(["a person jumps twice", "someone squats"], [44, 40], steps=5, seed=4)
     assert [o.shape for o in other] == [(44, 263), (40, 263)]
-    torch.testing.assert_close(gen.std, torch.ones(263))  # the checkpoint's dataset statistics
+    torch.testing.assert_close(pipe.std, torch.ones(263))  # the checkpoint's dataset statistics
 
 
 def test_sample_errors(vae_ckpt, mld_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="'vae' checkpoint cannot sample"):
-        load_generator(vae_ckpt)
+        load_pipeline(vae_ckpt)
     with pytest.raises(ConfigError, match="gives 256-d sentences"):
-        load_generator(mld_ckpt, text_encoder="builtin")
+        load_pipeline(mld_ckpt, text_encoder="builtin")
 
 
 def test_unsafe_outputs_and_silent_option_changes_are_refused(data_root, tmp_path, vae_ckpt):

@@ -11,7 +11,8 @@ from torch.overrides import TorchFunctionMode
 
 import easytune as et
 from easytune.diffusion import DDIMScheduler
-from easytune.generation import Generator
+from easytune.generation import MotionPipeline
+from easytune.models.families import FAMILIES
 from easytune.models.presets import MLD_SCHEDULER, build_model, get_preset, model_config
 from easytune.models.reward import build_reward_model
 from easytune.text import build_text_encoder
@@ -46,8 +47,8 @@ def _trainer(method, n_steps: int, device: str = "cpu"):
     ).to(device)
     scheduler = DDIMScheduler.from_config(MLD_SCHEDULER)
     scheduler.set_timesteps(n_steps)
-    gen = Generator(
-        kind="mld",
+    pipe = MotionPipeline(
+        family=FAMILIES["mld"],
         model=model,
         text=build_text_encoder(TEXT),
         scheduler=scheduler,
@@ -55,7 +56,7 @@ def _trainer(method, n_steps: int, device: str = "cpu"):
         mean=torch.zeros(263),
         std=torch.ones(263),
     )
-    parts = build_finetuning(gen, reward, lr=1e-4)
+    parts = build_finetuning(pipe, reward, lr=1e-4)
     obj = parts.objective
     trainer = et.Trainer(
         obj.denoise,
@@ -65,7 +66,7 @@ def _trainer(method, n_steps: int, device: str = "cpu"):
         optimizer=parts.optimizer,
         guidance_scale=7.5,
         decode_fn=obj.decode_fn,
-        latent_shape=gen.latent_shape,
+        latent_shape=pipe.latent_shape,
         seed=0,
     )
     batch = obj.batch(["a person walks", "a person jumps"], [40, 25], torch.device(device))

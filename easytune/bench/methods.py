@@ -103,7 +103,7 @@ class Setup:
     preset: str
     device: torch.device
     batch: dict[str, Any]
-    gen: Any  # easytune.generation.Generator
+    pipe: Any  # easytune.generation.MotionPipeline
     reward_model: torch.nn.Module
     objective: Any  # easytune.training.objective.RewardObjective
     seed: int
@@ -112,19 +112,19 @@ class Setup:
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.gen.model
+        return self.pipe.model
 
     @property
     def scheduler(self) -> Any:
-        return self.gen.scheduler
+        return self.pipe.scheduler
 
     @property
     def guidance_scale(self) -> float:
-        return self.gen.guidance_scale
+        return self.pipe.guidance_scale
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return self.gen.latent_shape
+        return self.pipe.latent_shape
 
     def all_parameters(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.reward_model.parameters()]
@@ -134,7 +134,7 @@ class Setup:
         from easytune.training.objective import build_finetuning
 
         parts = build_finetuning(
-            self.gen,
+            self.pipe,
             self.reward_model,
             lr=lr,
             checkpoint_frozen=self.checkpoint_frozen,
@@ -195,7 +195,8 @@ def build_setup(
     the reward model (``easytune.models.layers.set_gradient_checkpointing``)."""
     from easytune.checkpoint import load_checkpoint
     from easytune.diffusion import DDIMScheduler
-    from easytune.generation import Generator
+    from easytune.generation import MotionPipeline
+    from easytune.models.families import FAMILIES
     from easytune.models.mld import MLD
     from easytune.models.presets import build_model, get_preset, model_config
     from easytune.models.reward import RewardModel, build_reward_model
@@ -228,8 +229,8 @@ def build_setup(
     scheduler = DDIMScheduler.from_config(spec["scheduler"])
     scheduler.set_timesteps(steps)
     nfeats = model.vae.config.nfeats
-    gen = Generator(
-        kind="mld",
+    pipe = MotionPipeline(
+        family=FAMILIES["mld"],
         model=model,
         text=text,
         scheduler=scheduler,
@@ -239,11 +240,11 @@ def build_setup(
     )
     # The same freezing (VAE, reward model), eval mode and activation checkpointing as `easytune finetune`.
     objective = build_finetuning(
-        gen, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen, precision=precision
+        pipe, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen, precision=precision
     ).objective
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
     data = objective.batch(captions, motion_lengths(batch, seed), device)
-    return Setup(preset, device, data, gen, reward_model, objective, seed, checkpoint_frozen, precision)
+    return Setup(preset, device, data, pipe, reward_model, objective, seed, checkpoint_frozen, precision)
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

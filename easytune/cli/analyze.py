@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from easytune import analysis
     from easytune.errors import ConfigError
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
     from easytune.models.reward import RewardModel
     from easytune.train_utils import seed_everything
     from easytune.training.finetune import PromptSampler, dataset_prompts
@@ -82,17 +82,17 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--probes must be >= 0, got {args.probes}")
     device = torch.device(args.device)  # resolved by easytune.cli.main
     rng = seed_everything(args.seed)
-    gen = load_generator(args.base, data=args.data, device=device)
+    pipe = load_pipeline(args.base, data=args.data, device=device)
     reward_model = RewardModel.from_checkpoint(args.reward).to(device)
-    data = args.data or gen.data_dir
+    data = args.data or pipe.data_dir
     if data is None:
         raise ConfigError("--data is required: the base checkpoint names no dataset")
     prompts = PromptSampler(dataset_prompts(data, "test"), args.seed)
-    objective = RewardObjective(gen, reward_model)
-    gen.trainable.eval()  # deterministic denoiser: the gradient split recomputes every step
-    params = [p for p in gen.trainable.parameters() if p.requires_grad]
-    gen.scheduler.set_timesteps(args.steps)
-    w = gen.guidance_scale if args.guidance is None else args.guidance
+    objective = RewardObjective(pipe, reward_model)
+    pipe.trainable.eval()  # deterministic denoiser: the gradient split recomputes every step
+    params = [p for p in pipe.trainable.parameters() if p.requires_grad]
+    pipe.scheduler.set_timesteps(args.steps)
+    w = pipe.guidance_scale if args.guidance is None else args.guidance
     analyses = []
     start = time.perf_counter()
     with _math_backends():
@@ -101,18 +101,18 @@ def _run(args: argparse.Namespace) -> int:
             batch = objective.batch(captions, lengths, device)
             step = analysis.GuidedDDIMStep(
                 objective.denoise,
-                gen.scheduler,
+                pipe.scheduler,
                 batch["cond"],
                 batch["uncond"] if w != 1.0 else None,
                 guidance_scale=w,
             )
 
             def reward_of(x0: torch.Tensor, batch: dict[str, Any] = batch) -> torch.Tensor:
-                feats = objective.decode(x0, batch) if gen.decode is not None else x0
+                feats = objective.decode(x0, batch) if pipe.decode is not None else x0
                 return objective.reward(feats, batch)
 
-            x_T = torch.randn((args.batch, *gen.latent_shape), generator=rng).to(device)
-            x_T = x_T * gen.scheduler.init_noise_sigma
+            x_T = torch.randn((args.batch, *pipe.latent_shape), generator=rng).to(device)
+            x_T = x_T * pipe.scheduler.init_noise_sigma
             analyses.append(
                 analysis.analyze_trajectory(
                     step,
@@ -133,10 +133,10 @@ def _run(args: argparse.Namespace) -> int:
         "base": str(args.base),
         "reward": str(args.reward),
         "data": str(data),
-        "kind": gen.kind,
+        "kind": pipe.kind,
         "guidance_scale": w,
-        "prediction_type": gen.scheduler.config.prediction_type,
-        "latent_shape": list(gen.latent_shape),
+        "prediction_type": pipe.scheduler.config.prediction_type,
+        "latent_shape": list(pipe.latent_shape),
         "batch": args.batch,
         "seed": args.seed,
         "device": str(device),

@@ -49,13 +49,13 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from easytune.data.humanml import MotionDataset
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
     from easytune.models.evaluator import MotionTextEvaluator
-    from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table, generator_fn
+    from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table, pipeline_fn
 
     dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
     evaluator = MotionTextEvaluator.from_checkpoint(args.evaluator).to(args.device)
-    gen = load_generator(args.ckpt, text_encoder=args.text_encoder, data=args.model_data, device=args.device)
+    pipe = load_pipeline(args.ckpt, text_encoder=args.text_encoder, data=args.model_data, device=args.device)
     sizes = EvalSizes(
         replications=args.replications,
         group_size=args.group_size,
@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         mm_prompts=args.mm_prompts,
         mm_repeats=args.mm_repeats,
     )
-    generate_fn = generator_fn(gen, dataset, steps=args.steps, guidance_scale=args.guidance)
+    generate_fn = pipeline_fn(pipe, dataset, steps=args.steps, guidance_scale=args.guidance)
     result = evaluate_generation(
         generate_fn, evaluator, dataset, sizes, batch_size=args.batch_size, seed=args.seed
     )

@@ -2,7 +2,7 @@
 
 MLD / MDM checkpoints (from `easytune pretrain` or `easytune finetune`): keeps the model weights (the EMA
 weights when the checkpoint has them), the config and the metadata (dataset Mean/Std); the result loads
-with `easytune sample`, `easytune finetune --base` and `easytune.generation.load_generator`.
+with `easytune sample`, `easytune finetune --base` and `easytune.generation.load_pipeline`.
 Reward-model (`easytune reward train|refine`) and evaluator (`easytune evaluator train`) checkpoints:
 keeps weights, config and metadata. Optimizer, LR-scheduler and RNG state are dropped in every case;
 `--no-data-path` also leaves out the local paths of the training data (for checkpoints you ship).
@@ -65,16 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         path = model.save(args.out, {**{k: v for k, v in meta.items() if k not in drop}, **extra})
         print(f"wrote {path} ({cls.__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)")
         return 0
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
 
-    gen = load_generator(args.ckpt, use_ema=not args.no_ema)
+    pipe = load_pipeline(args.ckpt, use_ema=not args.no_ema)
     if args.max_frames is not None or args.max_text_tokens is not None:
-        if gen.kind != "mld":
+        if not hasattr(pipe.model, "trim_positions"):
             raise ConfigError(f"{args.ckpt}: --max-frames / --max-text-tokens apply to MLD checkpoints")
-        gen.model.trim_positions(args.max_frames, args.max_text_tokens)
+        pipe.model.trim_positions(args.max_frames, args.max_text_tokens)
     if args.no_data_path:
         for key in LOCAL_PATH_KEYS:
-            gen.meta.pop(key, None)
-    path = gen.save(args.out, gen.trainable.state_dict(), extra or None)
-    print(f"wrote {path} ({gen.kind}, {sum(p.numel() for p in gen.model.parameters()):,} parameters)")
+            pipe.meta.pop(key, None)
+    path = pipe.save(args.out, pipe.trainable.state_dict(), extra or None)
+    print(f"wrote {path} ({pipe.kind}, {sum(p.numel() for p in pipe.model.parameters()):,} parameters)")
     return 0

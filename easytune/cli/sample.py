@@ -3,7 +3,8 @@
 The output ``.npy`` holds de-normalised HumanML3D features float32 ``[T, 263]`` (KIT: 251): the model's
 normalised output times the dataset ``Std`` plus ``Mean`` (taken from the checkpoint's ``meta``, or from
 ``--data DIR``), i.e. the ``new_joint_vecs`` format; ``easytune.data.features.recover_from_ric`` turns it
-into joints [T, 22, 3]. Loading and sampling: ``easytune.generation.load_generator`` / ``Generator.sample``.
+into joints [T, 22, 3]. Loading and sampling: ``easytune.generation.load_pipeline`` /
+``MotionPipeline.sample``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     import math
 
     from easytune.errors import ConfigError, DataError
-    from easytune.generation import load_generator
+    from easytune.generation import load_pipeline
 
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise ConfigError(f"--guidance must be a finite number >= 0, got {args.guidance}")
@@ -74,10 +75,10 @@ def _run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{option} {value} is a directory; give a file name")
             check_writable_dir(Path(value).parent, f"{option} {value}")
 
-    gen = load_generator(
+    pipe = load_pipeline(
         args.ckpt, text_encoder=args.text_encoder, data=args.data, use_ema=not args.no_ema, device=args.device
     )
-    feats = gen.sample(
+    feats = pipe.sample(
         [args.text], [args.length], steps=args.steps, guidance_scale=args.guidance, seed=args.seed
     )[0]
     if not np.isfinite(feats).all():
@@ -85,8 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     np.save(out, feats)
     print(
-        f"wrote {out}: de-normalised features {feats.shape} ({gen.kind}, {args.steps} DDIM steps, "
-        f"guidance {gen.guidance_scale if args.guidance is None else args.guidance})"
+        f"wrote {out}: de-normalised features {feats.shape} ({pipe.kind}, {args.steps} DDIM steps, "
+        f"guidance {pipe.guidance_scale if args.guidance is None else args.guidance})"
     )
     if args.render:
         from easytune.render import render_file

@@ -18,7 +18,7 @@ evaluator's own when they differ.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from easytune.checkpoint import (
     ConfigCheckpointMixin,
+    config_from_dict,
     load_checkpoint,
     load_state_dict_strict,
     resolve_checkpoint,
@@ -64,13 +65,6 @@ class EvaluatorConfig:
             raise ConfigError(
                 f"evaluator foot_contact_dims must lie in [0, nfeats), got {self.foot_contact_dims}"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> EvaluatorConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise CheckpointError(f"{source}: unknown evaluator config fields {unknown}")
-        return cls(**d)
 
 
 PRESETS: dict[str, EvaluatorConfig] = {
@@ -201,7 +195,7 @@ class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
                 f"{path}: not an easytune evaluator checkpoint (needs 'state_dict' and 'config'); "
                 "official T2M weights load with MotionTextEvaluator.from_t2m_official"
             )
-        model = cls(EvaluatorConfig.from_dict(dict(ckpt["config"]), f"{path}: config"), text_encoder)
+        model = cls(config_from_dict(EvaluatorConfig, dict(ckpt["config"]), f"{path}: config"), text_encoder)
         load_state_dict_strict(model, ckpt["state_dict"], str(path))
         return model.freeze()
 

@@ -18,10 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from easytune.checkpoint import build_for_state, load_checkpoint, load_state_dict_strict
+from easytune.checkpoint import (
+    build_for_state,
+    config_from_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    model_state_dict,
+)
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import TransformerEncoderLayer, check_lengths, sinusoidal_table
-from easytune.models.mld import config_from_dict, model_state_dict
 from easytune.ops.lengths import offset
 
 log = logging.getLogger("easytune.models")

@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from easytune.checkpoint import build_for_state, load_checkpoint, load_state_dict_strict, strip_prefix
+from easytune.checkpoint import (
+    build_for_state,
+    config_from_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    model_state_dict,
+    strip_prefix,
+)
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.layers import (
     LearnedPositionalEncoding,
@@ -80,19 +86,6 @@ class DenoiserConfig:
     @property
     def width(self) -> int:
         return self.latent_dim if self.hidden_dim is None else self.hidden_dim
-
-
-def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build the config dataclass ``cls`` from a plain dict, naming ``where`` on unknown fields."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown {cls.__name__} fields {unknown} (known: {sorted(known)})")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():  # sizes are integers: a float (2e9) is refused before any build
-        if hints[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
-    return cls(**values)
 
 
 def _projection(src: int, dst: int) -> nn.Module:
@@ -323,18 +316,6 @@ def infer_denoiser_config(
         text_act=(None if has_proj else "relu") if text_act == "auto" else text_act,
         max_len=_shape(sd, "query_pos.pe", source)[0],
     )
-
-
-def model_state_dict(
-    ckpt: Mapping[str, Any], path: str | os.PathLike, use_ema: bool
-) -> dict[str, torch.Tensor]:
-    """A checkpoint's ``state_dict``, with its ``ema`` weights (same key names) laid over when ``use_ema``."""
-    if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], Mapping):
-        raise CheckpointError(f"{path}: expected a 'state_dict' entry with the model weights")
-    state = dict(ckpt["state_dict"])
-    if use_ema and isinstance(ckpt.get("ema"), Mapping):
-        state.update(ckpt["ema"])
-    return state
 
 
 class MLD(nn.Module):

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import nn
 from easytune import ops
 from easytune.checkpoint import (
     ConfigCheckpointMixin,
+    config_from_dict,
     load_checkpoint,
     load_state_dict_strict,
     resolve_checkpoint,
@@ -84,14 +85,6 @@ class RewardConfig:
     @property
     def text_time(self) -> bool:
         return self.mode[3] == "1"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CheckpointError(f"{source}: unknown reward model config fields {unknown}")
-        return cls(**d)
 
 
 # ``paper``: the reference SPM sizes (sentence-T5-large tokens, 1024-d). ``tiny``: trains on a 2-core CPU in
@@ -389,7 +382,7 @@ class RewardModel(ConfigCheckpointMixin, nn.Module):
         if not isinstance(sd, dict):
             raise CheckpointError(f"{path}: no 'state_dict' dict in the checkpoint")
         if "config" in ckpt:
-            config = RewardConfig.from_dict(dict(ckpt["config"]), f"{path}: config")
+            config = config_from_dict(RewardConfig, dict(ckpt["config"]), f"{path}: config")
         else:
             sd, config = _reference_layout(sd, path)
         if mode is not None:

@@ -169,19 +169,19 @@ def _multimodality(
     return metrics.multimodality(emb, pairs=sizes.mm_pairs, seed=seed)
 
 
-def generator_fn(
-    gen: Any, dataset: Any, *, steps: int = 50, guidance_scale: float | None = None
+def pipeline_fn(
+    pipe: Any, dataset: Any, *, steps: int = 50, guidance_scale: float | None = None
 ) -> GenerateFn:
-    """A ``GenerateFn`` from an ``easytune.generation.Generator``: DDIM samples in the model's own
-    normalisation (``gen.mean`` / ``gen.std``), re-normalised with ``dataset.mean`` / ``dataset.std`` (what
+    """A ``GenerateFn`` from an ``easytune.generation.MotionPipeline``: DDIM samples in the model's own
+    normalisation (``pipe.mean`` / ``pipe.std``), re-normalised with ``dataset.mean`` / ``dataset.std`` (what
     the evaluator reads)."""
     from easytune.data.humanml import denormalize, normalize
 
     def generate(captions: list[str], lengths: list[int], seed: int) -> list[torch.Tensor]:
-        feats = gen.sample_normalised(
+        feats = pipe.sample_normalised(
             captions, lengths, steps=steps, guidance_scale=guidance_scale, seed=seed
         )
-        feats = denormalize(feats.float().cpu(), gen.mean, gen.std)
+        feats = denormalize(feats.float().cpu(), pipe.mean, pipe.std)
         return [normalize(f[:n], dataset.mean, dataset.std) for f, n in zip(feats, lengths)]
 
     return generate
@@ -190,7 +190,7 @@ def generator_fn(
 def periodic_evaluator(
     evaluator: str, data: str, *, samples: int = 64, steps: int = 50, seed: int = 0, split: str = "test"
 ) -> Callable[[Any, int], dict[str, float]]:
-    """For fine-tuning runs: ``fn(gen, step) -> {metric: value}`` on a fixed seeded subset of ``samples``
+    """For fine-tuning runs: ``fn(pipe, step) -> {metric: value}`` on a fixed seeded subset of ``samples``
     items of ``split`` (one replication, no MultiModality, sizes scaled to the subset), evaluator
     ``evaluator`` (a checkpoint path or ``"default"``)."""
     from easytune.data.humanml import MotionDataset
@@ -202,10 +202,10 @@ def periodic_evaluator(
     pick = np.random.default_rng(seed).permutation(len(dataset))[: min(samples, len(dataset))]
     subset = [dataset[int(i)] for i in pick]
 
-    def evaluate(gen: Any, step: int) -> dict[str, float]:
-        model.to(gen.device)
+    def evaluate(pipe: Any, step: int) -> dict[str, float]:
+        model.to(pipe.device)
         result = evaluate_generation(
-            generator_fn(gen, dataset, steps=steps),
+            pipeline_fn(pipe, dataset, steps=steps),
             model,
             subset,
             EvalSizes(replications=1, mm_prompts=0),

@@ -29,7 +29,7 @@ from easytune.checkpoint import check_writable_dir, load_checkpoint, save_atomic
 from easytune.config import write_yaml
 from easytune.data.check import check_before_run
 from easytune.errors import ConfigError
-from easytune.generation import Generator, load_generator
+from easytune.generation import MotionPipeline, load_pipeline
 from easytune.train_utils import EMA, lr_lambda, seed_everything
 from easytune.trainer import Trainer
 from easytune.training.distributed import DistInfo, all_reduce_mean, check_in_sync, init_distributed
@@ -109,11 +109,13 @@ def _grad_averager(info: DistInfo) -> Callable[[list[torch.Tensor]], None]:
 
 
 class Run:
-    """A fine-tuning run in ``cfg.out``: builds everything, then ``train()``; ``evaluate_fn(gen, step)`` is
+    """A fine-tuning run in ``cfg.out``: builds everything, then ``train()``; ``evaluate_fn(pipe, step)`` is
     called every ``cfg.eval_every`` steps (and at the end) when given."""
 
     def __init__(
-        self, cfg: FinetuneConfig, evaluate_fn: Callable[[Generator, int], dict[str, float]] | None = None
+        self,
+        cfg: FinetuneConfig,
+        evaluate_fn: Callable[[MotionPipeline, int], dict[str, float]] | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -122,11 +124,11 @@ class Run:
         resume_state = self._check_out_dir()  # before any model is built: a refused run costs nothing
         self.evaluate_fn = evaluate_fn
         seed_everything(cfg.seed + self.info.rank)
-        self.gen = load_generator(cfg.base, device=self.info.device)
+        self.pipe = load_pipeline(cfg.base, device=self.info.device)
         from easytune.models.reward import RewardModel
 
         self.reward_model = RewardModel.from_checkpoint(cfg.reward).to(self.info.device)
-        data = cfg.data or self.gen.data_dir
+        data = cfg.data or self.pipe.data_dir
         if data is None:
             raise ConfigError("--data is required: the base checkpoint names no dataset")
         check_before_run(
@@ -134,7 +136,7 @@ class Run:
         )
         self.prompts = PromptSampler(dataset_prompts(data), cfg.seed, self.info.rank)
         parts = build_finetuning(
-            self.gen,
+            self.pipe,
             self.reward_model,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
@@ -144,13 +146,13 @@ class Run:
             precision=cfg.precision,
         )
         self.objective, self.optimizer, self.lora = parts.objective, parts.optimizer, parts.lora
-        model = self.gen.trainable
+        model = self.pipe.trainable
         params = parts.params
         if cfg.reg_weight > 0:
             anchors = [p.detach().clone() for p in params]
             self.optimizer.register_step_post_hook(_proximal_hook(params, anchors, cfg.reg_weight))
         self.method = methods.build(cfg.method, **cfg.method_options)
-        self.gen.scheduler.set_timesteps(cfg.num_inference_steps)
+        self.pipe.scheduler.set_timesteps(cfg.num_inference_steps)
         # The LR is a function of the trajectory (stepped once per Trainer.step, not per update): methods with
         # one update per trajectory and EasyTune with K see the same schedule over the same trajectories.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -159,15 +161,15 @@ class Run:
         self.ema = EMA(model, cfg.ema) if cfg.ema else None
         self.trainer = Trainer(
             self.objective.denoise,
-            self.gen.scheduler,
+            self.pipe.scheduler,
             self.objective.reward,
             method=self.method,
             optimizer=self.optimizer,
-            guidance_scale=self.gen.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
+            guidance_scale=self.pipe.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
             decode_fn=self.objective.decode_fn,
             max_grad_norm=cfg.max_grad_norm,
             lr_scheduler=None,
-            latent_shape=self.gen.latent_shape,
+            latent_shape=self.pipe.latent_shape,
             reward_weight=cfg.reward_weight,
             seed=cfg.seed + self.info.rank,
             grad_reducer=_grad_averager(self.info) if self.info.world_size > 1 else None,
@@ -185,7 +187,7 @@ class Run:
     # ------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {
-            "denoiser": self.gen.trainable.state_dict(),
+            "denoiser": self.pipe.trainable.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "trainer": self.trainer.state_dict(),
@@ -245,7 +247,7 @@ class Run:
         return state
 
     def _load(self, path: Path, state: dict[str, Any]) -> None:
-        self.gen.trainable.load_state_dict(state["denoiser"])
+        self.pipe.trainable.load_state_dict(state["denoiser"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         ranks = state.get("rank_states") or [{"trainer": state["trainer"], "rng": state["rng"]}]
@@ -284,10 +286,10 @@ class Run:
 
     def export(self) -> Path:
         """Write ``model.pt``: the fine-tuned model (EMA weights when enabled, LoRA merged)."""
-        model = self.ema.module if self.ema else self.gen.trainable
+        model = self.ema.module if self.ema else self.pipe.trainable
         if self.lora:
             merge_lora(model)
-        path = self.gen.save(self.out / "model.pt", model.state_dict(), meta={"finetune": asdict(self.cfg)})
+        path = self.pipe.save(self.out / "model.pt", model.state_dict(), meta={"finetune": asdict(self.cfg)})
         return path
 
     # ---------------------------------------------------------------------------------------- loop
@@ -311,7 +313,7 @@ class Run:
             self.elapsed += stats["seconds"]
             row = {"step": self.step, "time": self.elapsed, **stats}
             if cfg.eval_every and self.evaluate_fn and self.step % cfg.eval_every == 0:
-                row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.gen, self.step).items()})
+                row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.pipe, self.step).items()})
             self.history.append(row)
             if metrics is not None:
                 metrics.write(json.dumps(row) + "\n")
@@ -341,7 +343,7 @@ class Run:
                 metrics.close()
             if tb is not None:
                 tb.close()
-        check_in_sync(self.gen.trainable, self.info)
+        check_in_sync(self.pipe.trainable, self.info)
         return self.history
 
 

@@ -1,6 +1,6 @@
 """What a reward fine-tuning run trains and what it holds frozen: one builder for finetune and the benchmarks.
 
-``build_finetuning(gen, reward_model, ...)`` freezes the reward path (the MLD VAE and the reward model: eval
+``build_finetuning(pipe, reward_model, ...)`` freezes the reward path (the MLD VAE and the reward model: eval
 mode, ``requires_grad=False``, optional activation checkpointing), puts the trainable module (MLD's latent
 denoiser or the whole MDM) in eval mode (dropout off: sampling during fine-tuning matches inference),
 optionally swaps its weights for LoRA adapters, and builds the AdamW optimizer over exactly the trainable
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from easytune.errors import ConfigError
-from easytune.generation import Generator
+from easytune.generation import MotionPipeline
 from easytune.ops import lengths as lengths_range
 from easytune.training.finetune_config import PRECISIONS
 
@@ -40,10 +40,10 @@ class RewardObjective:
     outputs, the reward value, the loss and the optimizer state stay float32. ``fp32`` / ``tf32``: no
     autocast (``set_precision`` sets TF32)."""
 
-    def __init__(self, gen: Generator, reward_model: torch.nn.Module, precision: str = "fp32") -> None:
+    def __init__(self, pipe: MotionPipeline, reward_model: torch.nn.Module, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
-        self.gen = gen
+        self.pipe = pipe
         self.reward_model = reward_model
         self.precision = precision
 
@@ -52,12 +52,12 @@ class RewardObjective:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         with self._autocast(x.device):
-            out = self.gen.denoise(x, t, cond)
+            out = self.pipe.denoise(x, t, cond)
         return out.float()
 
     def decode(self, x0: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         with self._autocast(x0.device):
-            feats = self.gen.decode(x0, batch["lengths"], batch.get("num_frames"))
+            feats = self.pipe.decode(x0, batch["lengths"], batch.get("num_frames"))
         return feats.float()
 
     def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -67,12 +67,12 @@ class RewardObjective:
 
     def named_parameters(self):
         """The trainable module's parameters with their names (the trainer names a bad tensor with them)."""
-        return self.gen.trainable.named_parameters()
+        return self.pipe.trainable.named_parameters()
 
     @property
     def decode_fn(self):
         """``decode`` for latent models (MLD), None for models that denoise features directly (MDM)."""
-        return self.decode if self.gen.decode is not None else None
+        return self.decode if self.pipe.decode is not None else None
 
     def batch(
         self, captions: list[str], lengths: list[int] | torch.Tensor, device: torch.device
@@ -85,7 +85,7 @@ class RewardObjective:
             )
         lens = torch.tensor(host, dtype=torch.int64).to(device)
         lengths_range.mark_checked(lens, min(host), max(host))  # known on the host: no model reads it again
-        cond, uncond = self.gen.conditions(captions, lens, device)
+        cond, uncond = self.pipe.conditions(captions, lens, device)
         return {
             "cond": cond,
             "uncond": uncond,
@@ -107,11 +107,11 @@ class FinetuneModels:
 
     @property
     def trainable(self) -> torch.nn.Module:
-        return self.objective.gen.trainable
+        return self.objective.pipe.trainable
 
 
 def build_finetuning(
-    gen: Generator,
+    pipe: MotionPipeline,
     reward_model: torch.nn.Module,
     *,
     lr: float,
@@ -133,13 +133,11 @@ def build_finetuning(
 
     if not lr > 0 or lr == float("inf"):
         raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
-    frozen = [reward_model]
-    if gen.kind == "mld":
-        frozen.append(gen.model.vae)
+    frozen = [reward_model, *pipe.family.frozen(pipe.model)]
     for module in frozen:
         module.eval().requires_grad_(False)
         set_gradient_checkpointing(module, checkpoint_frozen)
-    trainable = gen.trainable
+    trainable = pipe.trainable
     trainable.eval()
     lora = apply_lora(trainable, lora_rank, lora_alpha) if lora_rank is not None else None
     params = [p for p in trainable.parameters() if p.requires_grad]
@@ -148,7 +146,7 @@ def build_finetuning(
     held = {id(p) for p in params}
     stray = [
         f"{owner}.{name}"
-        for owner, module in (("model", gen.model), ("reward_model", reward_model))
+        for owner, module in (("model", pipe.model), ("reward_model", reward_model))
         for name, p in module.named_parameters()
         if p.requires_grad and id(p) not in held
     ]
@@ -164,4 +162,4 @@ def build_finetuning(
         params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None
     )
     set_precision(precision)
-    return FinetuneModels(RewardObjective(gen, reward_model, precision), optimizer, params, lora)
+    return FinetuneModels(RewardObjective(pipe, reward_model, precision), optimizer, params, lora)

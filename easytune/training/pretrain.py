@@ -40,6 +40,7 @@ from easytune.checkpoint import (
     strip_prefix,
 )
 from easytune.errors import CheckpointError, ConfigError
+from easytune.models.families import ModelFamily, get_family
 from easytune.train_utils import (
     EMA,
     seed_everything,
@@ -80,70 +81,57 @@ def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Stage:
-    """The per-stage parts of the loop: which module trains and how a batch becomes a loss."""
+    """The per-stage parts of the loop: ``model`` (what the checkpoint holds), ``trained`` (the part that
+    trains), ``prefix`` (its key prefix in the checkpoint) and how a batch becomes a loss."""
 
-    def __init__(
-        self,
-        opts: PretrainOptions,
-        config: dict[str, Any],
-        train: dict[str, Any],
-        device: torch.device,
-        mean: np.ndarray,
-        std: np.ndarray,
-        vae_state: dict[str, torch.Tensor] | None,
-    ) -> None:
-        from easytune.models.mdm import MDM
-        from easytune.models.mld import MLD, MotionVAE, VAEConfig, config_from_dict
-
-        self.opts, self.config, self.train, self.device = opts, config, train, device
-        self.mean = torch.as_tensor(mean, device=device)
-        self.std = torch.as_tensor(std, device=device)
-        if opts.stage == "vae":
-            self.model: nn.Module = MotionVAE(config_from_dict(VAEConfig, config["vae"], "config.vae"))
-            self.trained: nn.Module = self.model
-            self.prefix = "vae."
-        elif opts.stage == "mld":
-            self.model = MLD.from_config(config)
-            if vae_state is not None:
-                load_state_dict_strict(self.model.vae, vae_state, f"{opts.vae} (vae.*)")
-            self.model.vae.requires_grad_(False)
-            self.trained = self.model.denoiser
-            self.prefix = "denoiser."
-        else:
-            self.model = MDM.from_config(config)
-            self.trained = self.model
-            self.prefix = ""
-        self.model.to(device)
-        if opts.stage in ("mld", "mdm"):
-            from easytune.diffusion import DDPMScheduler
-            from easytune.text import build_text_encoder
-
-            self.scheduler = DDPMScheduler.from_config(config["scheduler"])
-            self.text = build_text_encoder(config["text_encoder"])
-            self.null = self.text.encode([""], device=device).sentence if opts.stage == "mld" else None
+    model: nn.Module
+    trained: nn.Module
+    prefix: str
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's weights under checkpoint key names (VAE stage: ``vae.*``)."""
-        sd = self.model.state_dict()
-        return {f"vae.{k}": v for k, v in sd.items()} if self.opts.stage == "vae" else sd
+        """The whole model's weights under checkpoint key names."""
+        return self.model.state_dict()
+
+    def load(self, state: dict[str, torch.Tensor], source: str) -> None:
+        load_state_dict_strict(self.model, state, source)
 
     def train_mode(self) -> None:
         self.model.train()
-        if self.opts.stage == "mld":
-            self.model.vae.eval()
 
     def loss(self, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of ``batch`` and its parts (detached 0-dim tensors, read once per step by the loop)."""
-        feats = batch["motion"].to(self.device)
-        lengths = batch["lengths"].to(self.device)
-        mask = batch["mask"].to(self.device)
-        if self.opts.stage == "vae":
-            return self._vae_loss(feats, lengths, mask)
-        return self._diffusion_loss(feats, lengths, mask, batch["caption"], gen)
+        """The loss of ``batch`` and its parts (detached 0-dim tensors, read once per step by the loop);
+        ``gen``: the stage's generator (noise, timesteps, condition dropout)."""
+        raise NotImplementedError
 
-    def _vae_loss(self, feats, lengths, mask):
+
+class _VAEStage(_Stage):
+    """The MLD motion VAE: masked feature reconstruction [+ joint positions] + KL; keys ``vae.*``."""
+
+    prefix = "vae."
+
+    def __init__(
+        self, config: dict[str, Any], train: dict[str, Any], device: torch.device, mean, std
+    ) -> None:
+        from easytune.checkpoint import config_from_dict
+        from easytune.models.mld import MotionVAE, VAEConfig
+
+        self.train, self.device = train, device
+        self.mean = torch.as_tensor(mean, device=device)
+        self.std = torch.as_tensor(std, device=device)
+        self.model = MotionVAE(config_from_dict(VAEConfig, config["vae"], "config.vae")).to(device)
+        self.trained = self.model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"vae.{k}": v for k, v in self.model.state_dict().items()}
+
+    def load(self, state: dict[str, torch.Tensor], source: str) -> None:
+        load_state_dict_strict(self.model, strip_prefix(state, "vae."), source)
+
+    def loss(self, batch, gen):
         from easytune.data.features import recover_from_ric
 
+        feats, lengths = batch["motion"].to(self.device), batch["lengths"].to(self.device)
+        mask = batch["mask"].to(self.device)
         rec, _, posterior = self.model(feats, lengths)
         rec_fn = F.mse_loss if self.train["rec_loss"] == "mse" else F.smooth_l1_loss
         rec_loss = _masked_mean(rec_fn(rec, feats, reduction="none"), mask)
@@ -158,25 +146,60 @@ class _Stage:
             parts["joints"] = joints_loss.detach()
         return loss, parts
 
-    def _diffusion_loss(self, feats, lengths, mask, captions, gen):
-        b = feats.shape[0]
-        cond = self.text.encode(list(captions), device=self.device).sentence
-        drop = (torch.rand(b, generator=gen) < self.opts.cond_drop).to(self.device)[:, None]
+
+class _DiffusionStage(_Stage):
+    """A denoiser of any model family (``easytune.models.families``: MLD's latent denoiser on its frozen VAE,
+    MDM's frame denoiser): MSE to the scheduler's training target, frames masked where the family has
+    them, condition dropout to the family's null condition."""
+
+    def __init__(
+        self,
+        family: ModelFamily,
+        config: dict[str, Any],
+        cond_drop: float,
+        device: torch.device,
+        frozen_state: tuple[dict[str, torch.Tensor], str] | None = None,
+    ) -> None:
+        """``frozen_state``: (state, source) of MLD's VAE (``--vae``), loaded before it is frozen."""
+        from easytune.diffusion import DDPMScheduler
+        from easytune.text import build_text_encoder
+
+        self.family, self.cond_drop, self.device = family, cond_drop, device
+        self.model = family.model_class.from_config(config)
+        if frozen_state is not None:
+            load_state_dict_strict(self.model.vae, frozen_state[0], f"{frozen_state[1]} (vae.*)")
+        self.frozen = family.frozen(self.model)
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.trained = family.trainable(self.model)
+        self.prefix = family.trainable_prefix
+        self.model.to(device)
+        self.scheduler = DDPMScheduler.from_config(config["scheduler"])
+        self.text = build_text_encoder(config["text_encoder"])
+        self.null = self.text.encode([""], device=device).sentence
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
+
+    def loss(self, batch, gen):
+        feats, lengths = batch["motion"].to(self.device), batch["lengths"].to(self.device)
+        b, family = feats.shape[0], self.family
+        sentence = self.text.encode(list(batch["caption"]), device=self.device).sentence
+        cond, null = family.conditions(sentence, self.null, lengths)
+        drop = (torch.rand(b, generator=gen) < self.cond_drop).to(self.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen).to(self.device)
-        if self.opts.stage == "mld":
-            with torch.no_grad():
-                x0, _ = self.model.vae.encode(feats, lengths)
-            cond = torch.where(drop, self.null.expand_as(cond), cond)
-            noise = torch.randn(x0.shape, generator=gen).to(self.device)
-            pred = self.model.denoiser(self.scheduler.add_noise(x0, noise, t), t, cond[:, None])
-            loss = F.mse_loss(pred, self.scheduler.training_target(x0, noise, t))
-        else:
-            cond = torch.where(drop, torch.zeros_like(cond), cond)
-            noise = torch.randn(feats.shape, generator=gen).to(self.device)
-            x_t = self.scheduler.add_noise(feats, noise, t) * mask[..., None]
-            pred = self.model(x_t, t, cond, lengths)
-            target = self.scheduler.training_target(feats, noise, t)
-            loss = _masked_mean((pred - target) ** 2, mask)
+        cond = family.drop(cond, null, drop)
+        x0 = family.encode(self.model, feats, lengths)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        mask = family.frame_mask(batch["mask"].to(self.device))
+        if mask is not None:
+            x_t = x_t * mask[..., None]
+        pred = family.denoise(self.model, x_t, t, cond)
+        target = self.scheduler.training_target(x0, noise, t)
+        loss = F.mse_loss(pred, target) if mask is None else _masked_mean((pred - target) ** 2, mask)
         return loss, {"mse": loss.detach()}
 
 
@@ -258,7 +281,11 @@ def pretrain(
         train = {**VAE_LOSS_DEFAULTS, **train}
     steps = opts.steps or train["steps"]
 
-    stage = _Stage(opts, config, train, device, dataset.mean, dataset.std, vae_state)
+    if opts.stage == "vae":
+        stage: _Stage = _VAEStage(config, train, device, dataset.mean, dataset.std)
+    else:
+        frozen = None if vae_state is None else (vae_state, str(opts.vae))
+        stage = _DiffusionStage(get_family(opts.stage), config, opts.cond_drop, device, frozen)
     params = [p for p in stage.trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train["lr"], betas=(0.9, 0.999), weight_decay=0.0)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(train["warmup"], steps))
@@ -267,10 +294,7 @@ def pretrain(
     batches = SeededBatches(dataset, train["batch_size"], opts.seed, bucket_pool=BUCKET_POOL)
     start, seconds_before = 0, 0.0
     if ckpt is not None:
-        state = ckpt["state_dict"]
-        load_state_dict_strict(
-            stage.model, strip_prefix(state, "vae.") if opts.stage == "vae" else state, str(opts.resume)
-        )
+        stage.load(ckpt["state_dict"], str(opts.resume))
         optimizer.load_state_dict(ckpt["optimizer"])
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         if ema is not None:
