@@ -250,6 +250,20 @@ def check_number(
         )
 
 
+def fill_from_preset(cfg: Any, table: dict[str, dict[str, Any]], names: tuple[str, ...]) -> None:
+    """Set each unset (None) field of ``names`` to ``table[cfg.preset][name]``; a preset without defaults
+    is refused naming the flag and the presets that have them."""
+    for name in names:
+        if getattr(cfg, name) is None:
+            if cfg.preset not in table:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"--preset {cfg.preset!r} has no default {flag}: give it, or use a preset among "
+                    f"{sorted(table)}"
+                )
+            setattr(cfg, name, table[cfg.preset][name])
+
+
 def check_int(name: str, value: Any, low: int, what: str = "") -> None:
     """Refuse a non-integer (a bool or a float included) or an integer below ``low``, naming the option."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -8,6 +8,8 @@ goes, whether to resume or overwrite it, the device, the data check, the progres
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: CUDA when available, else the CPU; the choice is printed)"
 CONFIG_HELP = "YAML file of options (keys: the option names with underscores; flags given override it)"
@@ -27,3 +29,27 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str, resume_help:
     p.add_argument("--skip-data-check", action="store_true", help=SKIP_DATA_CHECK_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_training(
+    args: argparse.Namespace, what: str, train: Callable[..., Any], cfg: Any, *before: Any
+) -> int:
+    """The body of a training command built with ``add_run_arguments``: check the data (unless
+    ``--skip-data-check``), run ``train(*before, data, out, cfg, resume=, overwrite=, device=,
+    show_progress=)``, say what was written."""
+    from easytune.data.check import check_before_run
+
+    progress = not args.no_progress
+    check_before_run(args.data, what, skip=args.skip_data_check, show_progress=progress)
+    train(
+        *before,
+        args.data,
+        args.out,
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        show_progress=progress,
+    )
+    print(f"wrote {args.out}")
+    return 0

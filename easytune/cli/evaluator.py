@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import DEVICE_HELP, add_run_arguments
+from easytune.cli._common import DEVICE_HELP, add_run_arguments, run_training
 
 
 def register(subparsers: Any) -> None:
@@ -38,24 +38,11 @@ def register(subparsers: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from easytune.config import from_command_line
-    from easytune.data.check import check_before_run
     from easytune.training.evaluator import train_evaluator
     from easytune.training.evaluator_config import EvaluatorTrainConfig
 
     cfg = from_command_line(EvaluatorTrainConfig, args)
-    progress = not args.no_progress
-    check_before_run(args.data, "evaluator train", skip=args.skip_data_check, show_progress=progress)
-    train_evaluator(
-        args.data,
-        args.out,
-        cfg,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        show_progress=progress,
-    )
-    print(f"wrote {args.out}")
-    return 0
+    return run_training(args, "evaluator train", train_evaluator, cfg)
 
 
 def _eval(args: argparse.Namespace) -> int:

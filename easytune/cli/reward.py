@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import DEVICE_HELP, add_run_arguments
+from easytune.cli._common import DEVICE_HELP, add_run_arguments, run_training
 
 OUT_HELP = "checkpoint to write (atomically, also during training)"
 RESUME_HELP = "continue --out if it exists (exact: optimizer, step, RNG)"
@@ -66,50 +66,22 @@ def register(subparsers: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from easytune.config import from_command_line
-    from easytune.data.check import check_before_run
     from easytune.training.reward import train_stage1
     from easytune.training.reward_config import RewardTrainConfig
 
-    cfg = from_command_line(RewardTrainConfig, args)
-    check_before_run(args.data, "reward train", skip=args.skip_data_check, show_progress=not args.no_progress)
-    train_stage1(
-        args.data,
-        args.out,
-        cfg,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        show_progress=not args.no_progress,
-    )
-    print(f"wrote {args.out}")
-    return 0
+    return run_training(args, "reward train", train_stage1, from_command_line(RewardTrainConfig, args))
 
 
 def _refine(args: argparse.Namespace) -> int:
     from easytune.checkpoint import load_checkpoint
     from easytune.config import from_command_line
-    from easytune.data.check import check_before_run
     from easytune.training.reward import refine_spl
     from easytune.training.reward_config import REFINE_DEFAULTS, REFINE_INHERITED, RewardTrainConfig
 
     init_cfg = load_checkpoint(args.init).get("meta", {}).get("train_config", {})
     inherited = {k: init_cfg[k] for k in REFINE_INHERITED if k in init_cfg}
     cfg = from_command_line(RewardTrainConfig, args, defaults={**REFINE_DEFAULTS, **inherited})
-    check_before_run(
-        args.data, "reward refine", skip=args.skip_data_check, show_progress=not args.no_progress
-    )
-    refine_spl(
-        args.init,
-        args.data,
-        args.out,
-        cfg,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        show_progress=not args.no_progress,
-    )
-    print(f"wrote {args.out}")
-    return 0
+    return run_training(args, "reward refine", refine_spl, cfg, args.init)
 
 
 def format_retrieval(result: dict[str, Any]) -> str:

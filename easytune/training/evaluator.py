@@ -23,14 +23,11 @@ import torch
 from easytune import metrics
 from easytune.checkpoint import (
     check_output_file,
-    load_state_dict_strict,
-    load_training_checkpoint,
-    save_atomic,
 )
 from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
 from easytune.train_utils import seed_everything
 from easytune.training.evaluator_config import EvaluatorTrainConfig
-from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
+from easytune.training.loop import SeededBatches, fit, resume_training, save_training, update
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +71,11 @@ def train_evaluator(
         from easytune.data.humanml import MotionDataset
 
         train_set = MotionDataset(data, "train", seed=cfg.seed)
-    start = 0
-    if resume and out.is_file():
-        ckpt = load_training_checkpoint(out, asdict(cfg))
-        load_state_dict_strict(model, ckpt["state_dict"], str(out))
-        opt.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"], {}, str(out))
-        start = int(ckpt["step"])
+    start = resume_training(out, model, opt, {}, asdict(cfg)) if resume and out.is_file() else 0
     meta = {"stage": "evaluator", "train_config": asdict(cfg), "data": str(data)}
 
     def save(step: int) -> None:
-        ckpt = model.checkpoint({**meta, "step": step})
-        ckpt.update(optimizer=opt.state_dict(), step=step, rng=rng_state())
-        save_atomic(ckpt, out)
+        save_training(out, model, opt, {}, meta, step)
 
     batches = SeededBatches(train_set, cfg.batch_size, cfg.seed, collate=collate, bucket_pool=cfg.bucket_pool)
 

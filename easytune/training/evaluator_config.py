@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from easytune.config import check_int, check_number, option
+from easytune.config import check_int, check_number, fill_from_preset, option
 from easytune.errors import ConfigError
 
 # Defaults per preset: ``tiny`` is the CPU recipe (minutes); ``t2m`` uses the official learning rate and
@@ -41,14 +41,7 @@ class EvaluatorTrainConfig:
 
     def __post_init__(self) -> None:
         try:
-            for name in ("steps", "lr"):
-                if getattr(self, name) is None:
-                    if self.preset not in EVALUATOR_DEFAULTS:
-                        raise ConfigError(
-                            f"--preset {self.preset!r} has no default --{name}: give it, or use a preset "
-                            f"among {sorted(EVALUATOR_DEFAULTS)}"
-                        )
-                    setattr(self, name, EVALUATOR_DEFAULTS[self.preset][name])
+            fill_from_preset(self, EVALUATOR_DEFAULTS, ("steps", "lr"))
             check_int("--steps", self.steps, 1)
             check_int("--batch-size", self.batch_size, 2, "(the loss needs negatives)")
             for name in ("bucket_pool", "seed"):

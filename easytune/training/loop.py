@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
 from easytune.train_utils import EMA, check_finite, check_weights, progress
 
@@ -145,6 +147,39 @@ def restore_rng(
                 f"{torch.cuda.device_count()}; resume with the same devices (CUDA_VISIBLE_DEVICES)"
             )
         torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------------------------- resumable checkpoints
+def save_training(
+    path: str | Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    generators: Mapping[str, torch.Generator],
+    meta: dict[str, Any],
+    step: int,
+) -> None:
+    """Write (atomically) the easytune checkpoint of ``model`` (a ``ConfigCheckpointMixin`` model: reward
+    model, evaluator) with ``meta`` + ``step``, and what resuming needs: ``optimizer``, ``step``, ``rng``."""
+    ckpt = model.checkpoint({**meta, "step": step})
+    ckpt.update(optimizer=optimizer.state_dict(), step=step, rng=rng_state(generators))
+    save_atomic(ckpt, path)
+
+
+def resume_training(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: Mapping[str, torch.Generator],
+    train_config: dict[str, Any],
+    stage: str | None = None,
+) -> int:
+    """Load what ``save_training`` wrote into ``model``, ``optimizer`` and ``generators`` (and the global
+    RNG) after checking its training options against ``train_config`` (and its stage); returns its step."""
+    ckpt = load_training_checkpoint(path, train_config, stage)
+    load_state_dict_strict(model, ckpt["state_dict"], str(path))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng(ckpt["rng"], generators, str(path))
+    return int(ckpt["step"])
 
 
 # ----------------------------------------------------------------------------------------------- update

@@ -35,14 +35,11 @@ import torch.nn.functional as F
 from easytune import metrics
 from easytune.checkpoint import (
     check_output_file,
-    load_state_dict_strict,
-    load_training_checkpoint,
-    save_atomic,
 )
 from easytune.errors import ConfigError
 from easytune.models.reward import RewardModel, build_reward_model
 from easytune.train_utils import seed_everything
-from easytune.training.loop import SeededBatches, fit, restore_rng, rng_state, update
+from easytune.training.loop import SeededBatches, fit, resume_training, save_training, update
 from easytune.training.reward_config import (
     NOISE_SCHEDULE,
     RewardTrainConfig,
@@ -222,19 +219,13 @@ def train_reward_model(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if resume and out.is_file():
-        ckpt = load_training_checkpoint(out, asdict(cfg), stage)
-        load_state_dict_strict(model, ckpt["state_dict"], str(out))
-        opt.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"], {"noise": gen}, str(out))
-        start = int(ckpt["step"])
+        start = resume_training(out, model, opt, {"noise": gen}, asdict(cfg), stage)
         log.info("resuming %s from step %d", out, start)
     sched = noise_scheduler()
     meta = {**(meta or {}), "stage": stage, "train_config": asdict(cfg)}
 
     def save(step: int) -> None:
-        ckpt = model.checkpoint({**meta, "step": step})
-        ckpt.update(optimizer=opt.state_dict(), step=step, rng=rng_state({"noise": gen}))
-        save_atomic(ckpt, out)
+        save_training(out, model, opt, {"noise": gen}, meta, step)
 
     batches = SeededBatches(train_set, cfg.batch_size, cfg.seed, collate=collate, bucket_pool=cfg.bucket_pool)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from easytune.config import check_int, check_number, option
+from easytune.config import check_int, check_number, fill_from_preset, option
 from easytune.errors import ConfigError
 
 # The forward diffusion of the noise augmentation (the reward model sees q(x_t | x_0) of this schedule).
@@ -83,14 +83,7 @@ class RewardTrainConfig:
     def __post_init__(self) -> None:
         """Unset sizes from the preset; every value checked, named as its flag, with the accepted range."""
         try:
-            for name in ("steps", "batch_size", "lr"):
-                if getattr(self, name) is None:
-                    if self.preset not in STAGE1_DEFAULTS:
-                        raise ConfigError(
-                            f"--preset {self.preset!r} has no default {_flag(name)}: give it, or use "
-                            f"a preset among {sorted(STAGE1_DEFAULTS)}"
-                        )
-                    setattr(self, name, STAGE1_DEFAULTS[self.preset][name])
+            fill_from_preset(self, STAGE1_DEFAULTS, ("steps", "batch_size", "lr"))
             if self.mode not in MODES:
                 raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
             for name, low, what in (
