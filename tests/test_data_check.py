@@ -174,12 +174,12 @@ def test_a_run_validates_its_data_before_the_first_step(tmp_path, capsys, monkey
     """Issue 18: a NaN clip used to be reported after 6 training steps and a written checkpoint."""
     from easytune.cli import main
     from easytune.data import check
-    from easytune.training import pretrain as pretrain_mod
+    from easytune.training import loop as loop_mod
 
     root = make_valid(tmp_path / "d")
     _nan_motion(root)
     steps = []
-    monkeypatch.setattr(pretrain_mod, "check_weights", lambda *a: steps.append(a))  # counts optimizer steps
+    monkeypatch.setattr(loop_mod, "check_weights", lambda *a: steps.append(a))  # counts optimizer steps
     argv = ["pretrain", "vae", "--data", str(root), "--out", str(tmp_path / "v.pt"), "--steps", "2",
             "--batch-size", "2", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(argv) == 2
