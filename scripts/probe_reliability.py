@@ -279,7 +279,7 @@ def cases() -> list[Case]:
             s1,
             f"finetune --method {m} --lr inf",
             f"{FT} --out {o} --steps 1 --k 1 --method {m} --lr inf",
-            r"--lr must be a finite number > 0, got inf",
+            r"--lr must be a finite number in \(0, inf\), got inf",
             then=absent(f"{o}/model.pt", f"{o}/last.pt"),
         )
         o = f"o-{m}-huge"
@@ -295,7 +295,7 @@ def cases() -> list[Case]:
         s1,
         "pretrain vae --lr inf",
         f"{vae} --out v-inf.pt --steps 1 --lr inf",
-        r"--lr must be a finite number > 0, got inf",
+        r"--lr must be a finite number in \(0, inf\), got inf",
         then=absent("v-inf.pt"),
     )
     add(

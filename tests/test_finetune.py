@@ -477,7 +477,7 @@ def test_a_kill_right_after_a_resume_starts_keeps_the_metrics_log(assets, tmp_pa
         ("ckpt_every", -1, "--ckpt-every must be an integer >= 0"),
         ("ema", float("nan"), "--ema must be a finite number in \\(0, 1\\)"),
         ("ema", 2.0, "--ema"),
-        ("lr", float("nan"), "--lr must be a finite number > 0"),
+        ("lr", float("nan"), r"--lr must be a finite number in \(0, inf\), got nan"),
         ("lr", -1.0, "--lr"),
         ("guidance_scale", float("inf"), "--guidance"),
         ("reward_weight", float("nan"), "--reward-weight"),

@@ -6,7 +6,6 @@ No torch import here: the CLI builds its options from this module and ``easytune
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -113,8 +112,7 @@ class FinetuneConfig:
             raise ConfigError(f"--warmup must be >= 0 trajectories, got {self.warmup}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        _number("--lr", self.lr, low=0.0, low_open=True)
         _check_method_options(self.method, self.method_options)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")

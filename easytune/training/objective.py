@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from easytune.config import check_number
 from easytune.errors import ConfigError
 from easytune.generation import MotionPipeline
 from easytune.ops import lengths as lengths_range
@@ -131,8 +132,7 @@ def build_finetuning(
     from easytune.models.layers import set_gradient_checkpointing
     from easytune.training.lora import apply_lora
 
-    if not lr > 0 or lr == float("inf"):
-        raise ConfigError(f"--lr must be a finite number > 0, got {lr}")
+    check_number("--lr", lr, low=0.0, low_open=True)
     frozen = [reward_model, *pipe.family.frozen(pipe.model)]
     for module in frozen:
         module.eval().requires_grad_(False)
