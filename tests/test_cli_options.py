@@ -246,6 +246,13 @@ def test_a_reward_config_file_and_the_same_flags_give_identical_runs(tmp_path):
     assert a["meta"]["train_config"] == b["meta"]["train_config"]
     assert a["meta"]["train_config"]["lr"] == 0.001 and a["meta"]["train_config"]["mode"] == "M1T0"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # every run writes its resolved options beside the checkpoint: they repeat the run alone
+    saved = tmp_path / "flags.pt.yaml"
+    assert saved.is_file() and "lr: 0.001" in saved.read_text()
+    assert main([*common, "--out", str(tmp_path / "again.pt"), "--config", str(saved)]) == 0
+    c = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert c["meta"]["train_config"] == b["meta"]["train_config"]
+    assert all(torch.equal(c["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
     # a flag given overrides the file; a bad value in the file is named with its flag
     assert (
         main(

@@ -242,3 +242,17 @@ def test_an_absurd_learning_rate_stops_at_the_loss_check_naming_it(data_root, tm
         pretrain(_opts("vae", data_root, out, steps=3, lr=1e30, ckpt_every=1, warmup=0))
     state = torch.load(out, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_the_saved_options_repeat_a_pretraining_run(data_root, tmp_path):
+    """Every run writes OUT.yaml (its resolved options); ``--config OUT.yaml`` alone repeats it exactly."""
+    first, again = tmp_path / "first.pt", tmp_path / "again.pt"
+    flags = ["--steps", "2", "--batch-size", "4", "--lr", "3e-4", "--seed", "5"]
+    _cli("pretrain", "vae", "--data", str(data_root), "--out", str(first), *flags)
+    saved = Path(f"{first}.yaml")
+    text = saved.read_text()
+    assert "steps: 2" in text and "lr: 0.0003" in text and "stage: vae" in text and "resume" not in text
+    _cli("pretrain", "vae", "--config", str(saved), "--data", str(data_root), "--out", str(again))
+    a, b = load_checkpoint(first), load_checkpoint(again)
+    assert a["meta"]["train"] == b["meta"]["train"] and a["meta"]["loss"] == b["meta"]["loss"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

@@ -36,7 +36,8 @@ def run_training(
 ) -> int:
     """The body of a training command built with ``add_run_arguments``: check the data (unless
     ``--skip-data-check``), run ``train(*before, data, out, cfg, resume=, overwrite=, device=,
-    show_progress=)``, say what was written."""
+    show_progress=)``, write the resolved options beside the checkpoint (``saved_config``), say what was
+    written."""
     from easytune.data.check import check_before_run
 
     progress = not args.no_progress
@@ -51,5 +52,13 @@ def run_training(
         device=args.device,
         show_progress=progress,
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and its options {saved_config(cfg, args.out)}")
     return 0
+
+
+def saved_config(cfg: Any, out: str) -> str:
+    """Write ``cfg`` (resolved) to ``OUT.yaml`` beside the checkpoint ``OUT``: ``--config OUT.yaml`` repeats
+    the run (the checkpoint's ``meta`` records the same options). Returns the path."""
+    from easytune.config import write_yaml
+
+    return str(write_yaml(cfg, f"{out}.yaml"))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import add_run_arguments
+from easytune.cli._common import add_run_arguments, saved_config
 
 STAGE_HELP = {
     "vae": "the MLD motion VAE (feature reconstruction [+ joint positions] + KL; weights from the preset)",
@@ -56,6 +56,6 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"pretrain {args.stage}: {len(result.losses)} steps (to step {result.steps}) in "
         f"{result.seconds:.1f} s; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.5f}; "
-        f"wrote {out}"
+        f"wrote {out} and its options {saved_config(opts, str(out))}"
     )
     return 0

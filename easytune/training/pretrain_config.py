@@ -50,7 +50,7 @@ class PretrainOptions:
         metavar="DECAY",
     )
     ckpt_every: int = option(500, "checkpoint period in steps")
-    resume: str | None = option(None, "training checkpoint to continue", cli=False)
+    resume: str | None = option(None, "training checkpoint to continue", cli=False, saved=False)
     seed: int = option(0, "seed of the model, batches, noise and condition dropout")
     text_encoder: str | None = option(
         None,
@@ -71,9 +71,9 @@ class PretrainOptions:
     )
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     log_every: int = option(100, "log the mean losses every N steps")
-    show_progress: bool = option(True, "progress bar", cli=False)
-    overwrite: bool = option(False, "replace an existing --out", cli=False)
-    skip_data_check: bool = option(False, "skip the data check", cli=False)
+    show_progress: bool = option(True, "progress bar", cli=False, saved=False)
+    overwrite: bool = option(False, "replace an existing --out", cli=False, saved=False)
+    skip_data_check: bool = option(False, "skip the data check", cli=False, saved=False)
 
     def __post_init__(self) -> None:
         """Every value checked, named as its flag; ``preset`` resolved from the stage."""
