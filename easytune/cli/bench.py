@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from easytune.cli._common import DEVICE_HELP
-from easytune.methods.registry import DEFAULT_BENCH_CASES
+from easytune.methods.registry import DEFAULT_BENCH_CASES, TIME_TO_REWARD_CASES
 from easytune.training.finetune_config import COMPILE_MODES, PRECISIONS
 
 COMPILE_CHOICES = tuple(m for m in COMPILE_MODES if m)
@@ -109,7 +109,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--preset", default="tiny", choices=("tiny", "mld"))
     t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--cases", default="easytune-10,draft-50,refl-10,drtune,alignprop")
+    t.add_argument(
+        "--cases", default=TIME_TO_REWARD_CASES, help=f"method cases (default {TIME_TO_REWARD_CASES})"
+    )
     t.add_argument(
         "--levels", default=None, help="comma-separated reward levels (default: from the start reward)"
     )

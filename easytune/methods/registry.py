@@ -174,3 +174,5 @@ def label(name: str, count: int | None = None) -> str:
 DEFAULT_BENCH_CASES = (
     "easytune-1,easytune-10,easytune-50,draft-1,draft-5,draft-10,draft-25,draft-50,refl-10,drtune,alignprop"
 )
+# The cases ``easytune bench time-to-reward`` trains by default (one per method, the paper's settings).
+TIME_TO_REWARD_CASES = "easytune-10,draft-50,refl-10,drtune,alignprop"
