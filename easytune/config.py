@@ -196,12 +196,15 @@ def from_command_line(
 
 
 def to_dict(cfg: Any, saved_only: bool = True) -> dict[str, Any]:
-    """The config's fields as plain data (tuples as lists); ``saved_only``: without per-invocation fields."""
+    """The config's fields as plain data (tuples as lists, paths as strings); ``saved_only``: without
+    per-invocation fields."""
     out = {}
     for f in dataclasses.fields(cfg):
         if saved_only and not f.metadata.get("saved", True):
             continue
         value = getattr(cfg, f.name)
+        if isinstance(value, os.PathLike):  # a path given as Path by a library caller
+            value = os.fspath(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 

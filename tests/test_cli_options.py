@@ -225,7 +225,7 @@ def test_training_options_are_generated_from_their_config_dataclass(command, mod
         if f.metadata.get("cli", True) and f.name not in excluded
     }
     run = {"--config", "--data", "--out", "--resume", "--overwrite", "--skip-data-check", "--device"}
-    run |= {"--no-progress", "-h"} | ({"--init"} if command == "reward refine" else set())
+    run |= {"--no-progress", "--wandb", "-h"} | ({"--init"} if command == "reward refine" else set())
     offered = {s for a in _subparser(command)._actions for s in a.option_strings if s != "--help"}
     assert offered == wanted | run
 
@@ -247,7 +247,7 @@ def test_a_reward_config_file_and_the_same_flags_give_identical_runs(tmp_path):
     assert a["meta"]["train_config"]["lr"] == 0.001 and a["meta"]["train_config"]["mode"] == "M1T0"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # every run writes its resolved options beside the checkpoint: they repeat the run alone
-    saved = tmp_path / "flags.pt.yaml"
+    saved = tmp_path / "flags.pt.logs" / "config.yaml"
     assert saved.is_file() and "lr: 0.001" in saved.read_text()
     assert main([*common, "--out", str(tmp_path / "again.pt"), "--config", str(saved)]) == 0
     c = torch.load(tmp_path / "again.pt", weights_only=True)

@@ -444,7 +444,7 @@ def test_stale_temporary_files_of_killed_saves_are_removed(assets, tmp_path):
 def test_a_kill_right_after_a_resume_starts_keeps_the_metrics_log(assets, tmp_path, monkeypatch):
     """Issue 18 item 5: the log was reopened with "w" and nothing was written until the first step, so a
     kill in between emptied it. Now it is rewritten atomically with the checkpoint's rows first."""
-    import easytune.training.finetune as finetune_mod
+    import easytune.training.tracking as tracking_mod
 
     Run(_config(assets, tmp_path, steps=2)).train()
     before = (tmp_path / "metrics.jsonl").read_text()
@@ -453,13 +453,13 @@ def test_a_kill_right_after_a_resume_starts_keeps_the_metrics_log(assets, tmp_pa
     class Killed(Exception):
         pass
 
-    real_open = finetune_mod._open_metrics
+    real_open = tracking_mod._rewrite
 
-    def open_then_die(path, history):
-        real_open(path, history).close()
+    def open_then_die(path, rows):
+        real_open(path, rows).close()
         raise Killed  # the process dies before its first step
 
-    monkeypatch.setattr(finetune_mod, "_open_metrics", open_then_die)
+    monkeypatch.setattr(tracking_mod, "_rewrite", open_then_die)
     with pytest.raises(Killed):
         Run(_config(assets, tmp_path, steps=4, resume=True)).train()
     assert (tmp_path / "metrics.jsonl").read_text() == before
@@ -642,3 +642,31 @@ def test_every_config_field_is_an_option_with_its_default_in_help(capsys):
             assert flag in text, flag
     assert "--steps STEPS trajectories (default: 100)" in text
     assert "--method METHOD" in text and "--k K" in text and "--weighting {uniform,early,late}" in text
+
+
+def test_the_run_directory_has_metrics_tensorboard_config_and_sample_gifs(assets, tmp_path):
+    """Issue 16: metrics.jsonl, TensorBoard scalars equal to it, config.yaml, and at each evaluation GIFs of
+    fixed prompts (RUN_DIR/samples) with a frame strip in TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from easytune.training.tracking import read_metrics
+
+    cfg = _config(assets, tmp_path, steps=4, evaluator="default", eval_every=2, sample_prompts=2)
+    Run(cfg, lambda pipe, step: {"score": float(step)}).train()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r.get("eval/score") for r in rows] == [
+        None,
+        2,
+        None,
+        4,
+    ]
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward")] == [
+        (r["step"], pytest.approx(r["reward"])) for r in rows
+    ]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000002.gif", "step_000002.png", "step_000004.gif", "step_000004.png",
+    ]  # fmt: skip
+    assert "method: easytune" in (tmp_path / "config.yaml").read_text()

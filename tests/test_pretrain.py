@@ -245,11 +245,12 @@ def test_an_absurd_learning_rate_stops_at_the_loss_check_naming_it(data_root, tm
 
 
 def test_the_saved_options_repeat_a_pretraining_run(data_root, tmp_path):
-    """Every run writes OUT.yaml (its resolved options); ``--config OUT.yaml`` alone repeats it exactly."""
+    """Every run writes OUT.logs/config.yaml (its resolved options); ``--config`` with it alone repeats the
+    run exactly."""
     first, again = tmp_path / "first.pt", tmp_path / "again.pt"
     flags = ["--steps", "2", "--batch-size", "4", "--lr", "3e-4", "--seed", "5"]
     _cli("pretrain", "vae", "--data", str(data_root), "--out", str(first), *flags)
-    saved = Path(f"{first}.yaml")
+    saved = Path(f"{first}.logs") / "config.yaml"
     text = saved.read_text()
     assert "steps: 2" in text and "lr: 0.0003" in text and "stage: vae" in text and "resume" not in text
     _cli("pretrain", "vae", "--config", str(saved), "--data", str(data_root), "--out", str(again))

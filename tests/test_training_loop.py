@@ -180,3 +180,60 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_losses(data_root,
     a = torch.load(tmp_path / "full.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "killed.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_single_checkpoint_trainer_writes_its_run_directory(data_root, tmp_path):
+    """Issue 16: pretraining, reward training and evaluator training log like fine-tuning: OUT.logs/ holds
+    metrics.jsonl, TensorBoard scalars equal to it and config.yaml."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from easytune.training.pretrain import PretrainOptions, pretrain
+    from easytune.training.tracking import read_metrics, run_dir_of
+
+    runs = {"reward.pt": "total", "evaluator.pt": "loss", "vae.pt": "loss"}
+    _reward_run(data_root, tmp_path / "reward.pt", "stage1", None)
+    _evaluator_run(data_root, tmp_path / "evaluator.pt", "evaluator", None)
+    opts = dict(steps=3, batch_size=4, ckpt_every=2, show_progress=False, skip_data_check=True)
+    pretrain(PretrainOptions(stage="vae", data=str(data_root), out=str(tmp_path / "vae.pt"), **opts))
+    for name, key in runs.items():
+        logs = run_dir_of(tmp_path / name)
+        rows = read_metrics(logs)
+        assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) in (3, 6), name
+        events = EventAccumulator(str(logs / "tb"), size_guidance={"scalars": 0}).Reload()
+        got = [(e.step, e.value) for e in events.Scalars(key)]
+        assert got == [(r["step"], pytest.approx(r[key])) for r in rows], name
+        assert "seed: 0" in (logs / "config.yaml").read_text()
+
+
+def test_a_resumed_run_logs_each_step_once(data_root, tmp_path):
+    """The lines a killed run logged after its last checkpoint are dropped when it resumes."""
+    from easytune.training.tracking import read_metrics, run_dir_of
+
+    def kill_at_5(s, stats):
+        if s == 5:
+            raise _Killed
+
+    _reward_run(data_root, tmp_path / "full.pt", "stage1", None)
+    with pytest.raises(_Killed):
+        _reward_run(data_root, tmp_path / "k.pt", "stage1", kill_at_5)
+    assert [r["step"] for r in read_metrics(run_dir_of(tmp_path / "k.pt"))] == [1, 2, 3, 4, 5]
+    _reward_run(data_root, tmp_path / "k.pt", "stage1", None, resume=True)
+    assert read_metrics(run_dir_of(tmp_path / "k.pt")) == read_metrics(run_dir_of(tmp_path / "full.pt"))
+
+
+def test_wandb_missing_is_named(tmp_path, monkeypatch):
+    import builtins
+
+    from easytune.training.tracking import RunLog
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match="--wandb proj: the wandb package is not installed"):
+        RunLog(tmp_path / "r", wandb="proj")

@@ -19,8 +19,8 @@ SKIP_DATA_CHECK_HELP = (
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str, resume_help: str) -> None:
-    """``--config --data --out --resume --overwrite --skip-data-check --device --no-progress`` of a training
-    command that writes one checkpoint file."""
+    """``--config --data --out --resume --overwrite --skip-data-check --device --no-progress --wandb`` of a
+    training command that writes one checkpoint file (its logs go to ``OUT.logs/``)."""
     p.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
     p.add_argument("--data", required=True, help="dataset folder (HumanML3D layout; the 'train' split)")
     p.add_argument("--out", required=True, help=out_help)
@@ -29,6 +29,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str, resume_help:
     p.add_argument("--skip-data-check", action="store_true", help=SKIP_DATA_CHECK_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="also log to this Weights & Biases project (WANDB_MODE=offline: no network; default: off)",
+    )
 
 
 def run_training(
@@ -36,8 +41,7 @@ def run_training(
 ) -> int:
     """The body of a training command built with ``add_run_arguments``: check the data (unless
     ``--skip-data-check``), run ``train(*before, data, out, cfg, resume=, overwrite=, device=,
-    show_progress=)``, write the resolved options beside the checkpoint (``saved_config``), say what was
-    written."""
+    show_progress=, wandb=)``, say what was written."""
     from easytune.data.check import check_before_run
 
     progress = not args.no_progress
@@ -51,14 +55,7 @@ def run_training(
         overwrite=args.overwrite,
         device=args.device,
         show_progress=progress,
+        wandb=args.wandb,
     )
-    print(f"wrote {args.out} and its options {saved_config(cfg, args.out)}")
+    print(f"wrote {args.out} (metrics, TensorBoard events and options in {args.out}.logs/)")
     return 0
-
-
-def saved_config(cfg: Any, out: str) -> str:
-    """Write ``cfg`` (resolved) to ``OUT.yaml`` beside the checkpoint ``OUT``: ``--config OUT.yaml`` repeats
-    the run (the checkpoint's ``meta`` records the same options). Returns the path."""
-    from easytune.config import write_yaml
-
-    return str(write_yaml(cfg, f"{out}.yaml"))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from easytune.cli._common import add_run_arguments, saved_config
+from easytune.cli._common import add_run_arguments
 
 STAGE_HELP = {
     "vae": "the MLD motion VAE (feature reconstruction [+ joint positions] + KL; weights from the preset)",
@@ -50,12 +50,13 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         overwrite=args.overwrite,
         skip_data_check=args.skip_data_check,
+        wandb=args.wandb,
     )
     result = pretrain(opts)
     tail = [v for _, v in result.losses[-50:]]
     print(
         f"pretrain {args.stage}: {len(result.losses)} steps (to step {result.steps}) in "
         f"{result.seconds:.1f} s; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.5f}; "
-        f"wrote {out} and its options {saved_config(opts, str(out))}"
+        f"wrote {out} (metrics, TensorBoard events and options in {out}.logs/)"
     )
     return 0

@@ -28,6 +28,7 @@ from easytune.models.evaluator import MotionTextEvaluator, build_evaluator
 from easytune.train_utils import seed_everything
 from easytune.training.evaluator_config import EvaluatorTrainConfig
 from easytune.training.loop import SeededBatches, fit, resume_training, save_training, update
+from easytune.training.tracking import run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def train_evaluator(
     collate: Any = None,
     show_progress: bool = False,
     on_step: Any = None,
+    wandb: str | None = None,
 ) -> MotionTextEvaluator:
     """Train a fresh ``cfg.preset`` evaluator on the train split of ``data`` (or ``train_set``) and write
     ``out`` (atomically, every ``ckpt_every`` steps, with optimizer/step/rng so ``resume`` continues exactly).
@@ -103,6 +105,9 @@ def train_evaluator(
         log_every=cfg.log_every,
         show_progress=show_progress,
         on_step=on_step,
+        run_dir=run_dir_of(out),
+        run_config=cfg,
+        wandb=wandb,
     )
     return model.freeze()
 

@@ -13,9 +13,7 @@ used because DRaFT-style methods run several forward passes per backward, which 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +24,6 @@ import torch
 
 from easytune import methods
 from easytune.checkpoint import check_writable_dir, load_checkpoint, save_atomic
-from easytune.config import write_yaml
 from easytune.data.check import check_before_run
 from easytune.errors import ConfigError
 from easytune.generation import MotionPipeline, load_pipeline
@@ -43,6 +40,7 @@ from easytune.training.finetune_config import (
 from easytune.training.loop import fit, restore_rng, rng_state
 from easytune.training.lora import merge_lora
 from easytune.training.objective import RewardObjective, build_finetuning
+from easytune.training.tracking import RunLog
 
 __all__ = [
     "LR_SCHEDULES",
@@ -294,13 +292,21 @@ class Run:
 
     # ---------------------------------------------------------------------------------------- loop
     def train(self, on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Run to ``cfg.steps`` trajectories or ``cfg.time_budget`` seconds of training (eval excluded)."""
+        """Run to ``cfg.steps`` trajectories or ``cfg.time_budget`` seconds of training (eval excluded); the
+        run directory gets metrics.jsonl, TensorBoard events, config.yaml and, at each evaluation, sample GIFs
+        (``easytune.training.tracking``)."""
         cfg = self.cfg
+        if self.step >= cfg.steps:
+            raise ConfigError(
+                f"--resume: {self.out / 'last.pt'} is already at trajectory {self.step} of --steps "
+                f"{cfg.steps}; pass a larger --steps to go on"
+            )
         main = self.info.is_main  # only rank 0 writes run files (other ranks would truncate them)
-        metrics = _open_metrics(self.out / "metrics.jsonl", self.history) if main else None
-        if main:  # the resolved options: `easytune finetune --config RUN_DIR/config.yaml` repeats the run
-            write_yaml(cfg, self.out / "config.yaml")
-        tb = _tensorboard(self.out) if main else None
+        run_log = (
+            RunLog(self.out, start=self.step, rows=self.history, config=cfg, wandb=cfg.wandb)
+            if main
+            else None
+        )
 
         def step(s: int) -> dict[str, Any]:
             captions, lengths = self.prompts.draw(self.step, cfg.batch_size)
@@ -311,19 +317,17 @@ class Run:
                 self.ema.update()
             self.step = s
             self.elapsed += stats["seconds"]
-            row = {"step": self.step, "time": self.elapsed, **stats}
-            if cfg.eval_every and self.evaluate_fn and self.step % cfg.eval_every == 0:
-                row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.pipe, self.step).items()})
-            self.history.append(row)
-            if metrics is not None:
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                if tb is not None:
-                    for k, v in row.items():
-                        tb.add_scalar(k, v, self.step)
+            row = {"time": self.elapsed, **stats}
+            if cfg.eval_every and self.evaluate_fn and s % cfg.eval_every == 0:
+                row.update({f"eval/{k}": v for k, v in self.evaluate_fn(self.pipe, s).items()})
+                if run_log is not None and cfg.sample_prompts:
+                    self._log_samples(run_log, s)
+            return row
+
+        def logged(s: int, row: dict[str, float]) -> None:
+            self.history.append({"step": s, **row})
             if on_step is not None:
-                on_step(row)
-            return {}
+                on_step(self.history[-1])
 
         try:
             fit(
@@ -337,34 +341,27 @@ class Run:
                 show_progress=cfg.progress and main,
                 time_budget=cfg.time_budget,
                 clock=lambda: self.elapsed,
+                on_step=logged,
+                run_log=run_log,
             )
         finally:
-            if metrics is not None:
-                metrics.close()
-            if tb is not None:
-                tb.close()
+            if run_log is not None:
+                run_log.close()
         check_in_sync(self.pipe.trainable, self.info)
         return self.history
 
+    def _log_samples(self, run_log: RunLog, step: int) -> None:
+        """``cfg.sample_prompts`` fixed prompts sampled with the current weights: RUN_DIR/samples/step_S.gif
+        and a strip of frames to TensorBoard / wandb."""
+        from easytune.render import features_to_joints, render_motions, render_strip
 
-def _open_metrics(path: Path, history: list[dict[str, Any]]):
-    """``metrics.jsonl`` holding exactly ``history`` (lines logged after the last checkpoint of a killed run
-    go), rewritten atomically (temp file + rename: a kill at any moment leaves the old or the new log), then
-    opened for appending."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path.open("a")
-
-
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
-        return None
-    return SummaryWriter(str(out / "tb"))
+        cfg = self.cfg
+        picks = np.random.default_rng([cfg.seed, 1]).choice(len(self.prompts.prompts), cfg.sample_prompts)
+        captions = [self.prompts.prompts[i][0] for i in picks]
+        lengths = [min(self.prompts.prompts[i][1], self.pipe.max_frames) for i in picks]
+        feats = self.pipe.sample(captions, lengths, steps=cfg.num_inference_steps, seed=cfg.seed)
+        joints = [features_to_joints(f) for f in feats]
+        titles = [c[:40] for c in captions]
+        folder = self.out / "samples"
+        render_motions(joints, folder / f"step_{step:06d}.gif", titles=titles)
+        run_log.image("samples", step, render_strip(joints, folder / f"step_{step:06d}.png", titles=titles))

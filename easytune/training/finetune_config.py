@@ -68,6 +68,9 @@ class FinetuneConfig:
     evaluator: str | None = option(None, "evaluator checkpoint for periodic evaluation")
     eval_every: int = option(0, "evaluate every N trajectories (needs --evaluator; 0: never)")
     eval_samples: int = option(64, "prompts per periodic evaluation")
+    sample_prompts: int = option(
+        2, "prompts sampled into RUN_DIR/samples (GIF) and TensorBoard at each evaluation (0: none)"
+    )
     ckpt_every: int = option(50, "write last.pt every N trajectories (0: at the end only)")
     time_budget: float | None = option(None, "stop after this many seconds", metavar="SECONDS")
     seed: int = option(0, "seed of prompts, noise and method draws")
@@ -82,6 +85,9 @@ class FinetuneConfig:
         saved=False,
     )
     progress: bool = option(True, "progress bar", saved=False)
+    wandb: str | None = option(
+        None, "also log to this Weights & Biases project (WANDB_MODE=offline: no network)", metavar="PROJECT"
+    )
     skip_data_check: bool = option(
         False,
         "do not read every clip before the first step (data checked with `easytune data check`)",
@@ -140,6 +146,7 @@ class FinetuneConfig:
             ("--ckpt-every", self.ckpt_every, 0),
             ("--eval-every", self.eval_every, 0),
             ("--eval-samples", self.eval_samples, 1),
+            ("--sample-prompts", self.sample_prompts, 0),
             ("--inference-steps", self.num_inference_steps, 1),
         ):
             check_int(name, value, low)

@@ -249,12 +249,21 @@ def fit(
     time_budget: float | None = None,
     clock: Callable[[], float] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    run_dir: str | Path | None = None,
+    run_config: Any = None,
+    wandb: str | None = None,
+    run_log: Any = None,
 ) -> FitResult:
     """Run ``step_fn(s)`` for ``s = start + 1 .. steps`` (it does the update and returns its stats) and call
     ``save(s)`` every ``ckpt_every`` steps and after the last step run (also when the time budget ends the
     loop early). ``on_step(s, stats)`` runs after each step, before its checkpoint; ``log_every`` logs the
     window means and seconds per step. ``time_budget`` is compared with ``clock()`` (default: wall seconds
-    of this call) before each step. Raises ``ConfigError`` when ``start >= steps``."""
+    of this call) before each step. Raises ``ConfigError`` when ``start >= steps``.
+
+    ``run_dir``: the run's log directory (``easytune.training.tracking.RunLog``: metrics.jsonl, TensorBoard,
+    ``run_config`` as config.yaml, optional ``wandb`` project), made after the checks and closed at the end;
+    or ``run_log``, a ``RunLog`` the caller made (and closes). One row per step, written before
+    ``on_step``."""
     if start >= steps:
         raise ConfigError(
             f"{desc}: already at step {start} of {steps}; pass --steps above it to train further"
@@ -264,25 +273,36 @@ def fit(
     result = FitResult(start)
     window: dict[str, float] = {}
     window_start, window_t0 = start, t0
-    for s in progress(range(start + 1, steps + 1), total=steps - start, desc=desc, enabled=show_progress):
-        if time_budget is not None and clock() >= time_budget:
-            log.info("%s: time budget of %.0f s reached after %d steps", desc, time_budget, result.last)
-            break
-        stats = _floats(step_fn(s))
-        result.history.append((s, stats))
-        result.last = s
-        for k, v in stats.items():
-            window[k] = window.get(k, 0.0) + v
-        if on_step is not None:
-            on_step(s, stats)
-        if log_every and (s % log_every == 0 or s == steps):
-            n, now = s - window_start, time.perf_counter()
-            means = " ".join(f"{k}={v / n:.4g}" for k, v in window.items())
-            log.info("%s step %d/%d %s (%.3f s/step)", desc, s, steps, means, (now - window_t0) / n)
-            window, window_start, window_t0 = {}, s, now
-        if ckpt_every and s % ckpt_every == 0 and s < steps:
-            save(s)
-    if result.last > start:
-        save(result.last)
+    own_log = None
+    if run_dir is not None:
+        from easytune.training.tracking import RunLog
+
+        run_log = own_log = RunLog(run_dir, start=start, config=run_config, wandb=wandb)
+    try:
+        for s in progress(range(start + 1, steps + 1), total=steps - start, desc=desc, enabled=show_progress):
+            if time_budget is not None and clock() >= time_budget:
+                log.info("%s: time budget of %.0f s reached after %d steps", desc, time_budget, result.last)
+                break
+            stats = _floats(step_fn(s))
+            result.history.append((s, stats))
+            result.last = s
+            for k, v in stats.items():
+                window[k] = window.get(k, 0.0) + v
+            if run_log is not None:
+                run_log.log(s, stats)
+            if on_step is not None:
+                on_step(s, stats)
+            if log_every and (s % log_every == 0 or s == steps):
+                n, now = s - window_start, time.perf_counter()
+                means = " ".join(f"{k}={v / n:.4g}" for k, v in window.items())
+                log.info("%s step %d/%d %s (%.3f s/step)", desc, s, steps, means, (now - window_t0) / n)
+                window, window_start, window_t0 = {}, s, now
+            if ckpt_every and s % ckpt_every == 0 and s < steps:
+                save(s)
+        if result.last > start:
+            save(result.last)
+    finally:
+        if own_log is not None:
+            own_log.close()
     result.seconds = time.perf_counter() - t0
     return result

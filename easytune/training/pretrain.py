@@ -52,6 +52,7 @@ from easytune.training.pretrain_config import (
     VAE_LOSS_DEFAULTS,
     PretrainOptions,
 )
+from easytune.training.tracking import run_dir_of
 
 log = logging.getLogger("easytune.pretrain")
 
@@ -360,6 +361,9 @@ def pretrain(
         log_every=opts.log_every,
         show_progress=opts.show_progress,
         on_step=on_step,
+        run_dir=run_dir_of(opts.out),
+        run_config=opts,
+        wandb=opts.wandb,
     )
     return PretrainResult(Path(opts.out), steps, run.series("loss"), run.seconds)
 

@@ -74,6 +74,7 @@ class PretrainOptions:
     show_progress: bool = option(True, "progress bar", cli=False, saved=False)
     overwrite: bool = option(False, "replace an existing --out", cli=False, saved=False)
     skip_data_check: bool = option(False, "skip the data check", cli=False, saved=False)
+    wandb: str | None = option(None, "Weights & Biases project", cli=False, saved=False)
 
     def __post_init__(self) -> None:
         """Every value checked, named as its flag; ``preset`` resolved from the stage."""

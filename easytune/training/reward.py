@@ -44,6 +44,7 @@ from easytune.training.reward_config import (
     NOISE_SCHEDULE,
     RewardTrainConfig,
 )
+from easytune.training.tracking import run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,16 @@ def train_reward_model(
     device: str | torch.device = "cpu",
     show_progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    wandb: str | None = None,
 ) -> RewardModel:
     """Run the training loop on ``model`` (stage 1 or SPL per ``cfg``) and write ``out`` atomically.
 
     ``out`` holds the easytune reward checkpoint plus ``optimizer``, ``step``, ``rng`` and the training
     config, rewritten every ``ckpt_every`` steps; with ``resume`` an existing ``out`` is continued
     (same config required, ``steps`` may grow). ``on_step(step, losses)`` runs after every step (steps
-    count from 1), before its checkpoint. Raises ``NonFiniteLossError`` on a NaN/inf loss.
+    count from 1), before its checkpoint. The run's metrics, TensorBoard events and config go to
+    ``OUT.logs/`` (``easytune.training.tracking``; ``wandb``: a project). Raises ``NonFiniteLossError`` on a
+    NaN/inf loss.
     """
     out = Path(out)
     device = torch.device(device)
@@ -251,6 +255,9 @@ def train_reward_model(
         log_every=cfg.log_every,
         show_progress=show_progress,
         on_step=on_step,
+        run_dir=run_dir_of(out),
+        run_config=cfg,
+        wandb=wandb,
     )
     return model
 
@@ -264,6 +271,7 @@ def train_stage1(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
+    wandb: str | None = None,
 ) -> RewardModel:
     """``easytune reward train``: a fresh ``cfg.preset`` model trained with the stage-1 loss on ``data``."""
     if cfg.spl_weight:
@@ -285,6 +293,7 @@ def train_stage1(
         meta={"data": str(data)},
         device=device,
         show_progress=show_progress,
+        wandb=wandb,
     )
 
 
@@ -298,6 +307,7 @@ def refine_spl(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
+    wandb: str | None = None,
 ) -> RewardModel:
     """``easytune reward refine``: SPL stage 2 from the stage-1 checkpoint ``init`` (its architecture is
     kept; ``cfg.mode`` and ``cfg.text_encoder`` are taken from it)."""
@@ -319,6 +329,7 @@ def refine_spl(
         meta={"data": str(data), "init": str(init)},
         device=device,
         show_progress=show_progress,
+        wandb=wandb,
     )
 
 
