@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -144,14 +143,3 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
-
-
-def progress(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
-) -> Iterator[T]:
-    """A tqdm progress bar when enabled (the iterable is consumed in full either way)."""
-    if not enabled:
-        return iter(iterable)
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False))

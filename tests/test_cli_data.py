@@ -67,7 +67,8 @@ def test_synth_calls_the_generator(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out) == {"clips": 12, "out": str(tmp_path / "s")}
     args = ["--clips", "3", "--seed", "1", "--workers", "2"]
     assert main(["data", "synth", "--out", str(tmp_path), *args]) == 0
-    assert calls == [(str(tmp_path / "s"), 12, 5, {}), (str(tmp_path), 3, 1, {"workers": 2})]
+    bar = {"show_progress": True}
+    assert calls == [(str(tmp_path / "s"), 12, 5, bar), (str(tmp_path), 3, 1, {"workers": 2, **bar})]
     assert main(["data", "synth", "--out", str(tmp_path), "--clips", "0"]) == 2
     assert "--clips must be >= 1" in capsys.readouterr().err
 

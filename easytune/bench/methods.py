@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from easytune.errors import ConfigError
+from easytune.progress import progress
 
 CAPTIONS = (
     "a person walks forward slowly",
@@ -470,6 +471,7 @@ def run_methods(
     log: Callable[[str], None] = lambda s: None,
     precision: str = "fp32",
     compile: str | None = None,
+    show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per case (``kind: method``); a fresh process per case when ``isolate``. A failing case
     becomes a row with ``status: "failed"`` and the error, and the others still run. Case ids end in
@@ -479,7 +481,7 @@ def run_methods(
 
     batch = batch or (64 if torch.device(device).type == "cuda" else 4)
     rows = []
-    for case in cases:
+    for case in progress(cases, total=len(cases), desc="bench methods", unit="case", enabled=show_progress):
         spec = {
             "preset": preset,
             "device": device,

@@ -45,6 +45,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes per Frobenius norm (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="do not write analysis.png")
     p.set_defaults(func=_run)
 
@@ -96,7 +97,12 @@ def _run(args: argparse.Namespace) -> int:
     analyses = []
     start = time.perf_counter()
     with _math_backends():
-        for j in range(args.trajectories):
+        from easytune.progress import progress
+
+        trajectories = range(args.trajectories)
+        bar = progress(trajectories, total=args.trajectories, desc="analyze", unit="trajectory",
+                       enabled=not args.no_progress)  # fmt: skip
+        for j in bar:
             captions, lengths = prompts.draw(j, args.batch)
             batch = objective.batch(captions, lengths, device)
             step = analysis.GuidedDDIMStep(

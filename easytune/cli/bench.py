@@ -84,6 +84,7 @@ def register(subparsers: Any) -> None:
         help="torch.compile the denoiser (compile time goes to the row's warmup_seconds)",
     )
     m.add_argument("--json", required=True, help="result file to write")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar over the cases")
     m.set_defaults(func=_methods)
 
     o = sub.add_parser(
@@ -224,6 +225,7 @@ def _methods(args: argparse.Namespace) -> int:
         log=lambda s: print(s, file=sys.stderr),
         precision=args.precision,
         compile=args.compile,
+        show_progress=not args.no_progress,
     )
     _write(args.json, rows, args.device, vars_config(args))
     return 0

@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--clips", type=int, required=True, help="number of clips")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, default=None, help="worker processes")
+    synth.add_argument("--workers", type=int, default=None, help="worker processes (default: 1)")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
 
 
@@ -70,6 +71,6 @@ def _synth(args: argparse.Namespace) -> int:
     if args.clips < 1:
         raise ConfigError(f"--clips must be >= 1, got {args.clips}")
     kwargs = {} if args.workers is None else {"workers": args.workers}
-    summary = generate_dataset(args.out, args.clips, args.seed, **kwargs)
+    summary = generate_dataset(args.out, args.clips, args.seed, show_progress=not args.no_progress, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0

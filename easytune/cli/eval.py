@@ -44,6 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--name", default=None, help="row label (default: the checkpoint file name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
@@ -65,7 +66,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     generate_fn = pipeline_fn(pipe, dataset, steps=args.steps, guidance_scale=args.guidance)
     result = evaluate_generation(
-        generate_fn, evaluator, dataset, sizes, batch_size=args.batch_size, seed=args.seed
+        generate_fn,
+        evaluator,
+        dataset,
+        sizes,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        show_progress=not args.no_progress,
     )
     for note in result["notes"]:
         print(f"note: small test split: {note}")

@@ -135,13 +135,9 @@ def check_dataset(
 
 
 def _progress(ids: list[str], label: str | None, split: str):
-    if label is None:
-        return ids
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return ids
-    return tqdm(ids, desc=f"{label} ({split})", unit="clip", leave=False)
+    from easytune.progress import progress
+
+    return progress(ids, total=len(ids), desc=f"{label} ({split})", unit="clip", enabled=label is not None)
 
 
 def _check_clip(report: CheckReport, spec: SkeletonSpec, clip: str, split_file: str) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 
 from easytune.data.skeleton import HUMANML, SMPL_BONE_LENGTHS, forward_kinematics, qmul
 from easytune.errors import ConfigError
+from easytune.progress import progress
 
 __all__ = [
     "FAMILIES",
@@ -1049,6 +1050,7 @@ def generate_dataset(
     *,
     workers: int | None = None,
     chunk: int = 64,
+    show_progress: bool = False,
 ) -> dict:
     """Write ``clips`` synthetic clips and their mirrored copies (``M<id>``) in the HumanML3D layout.
 
@@ -1084,9 +1086,12 @@ def generate_dataset(
 
         # spawn, not fork: a forked child of a process whose torch thread pool is running can deadlock
         with multiprocessing.get_context("spawn").Pool(int(workers)) as pool:
-            written = [row for rows in pool.map(_write_chunk, jobs) for row in rows]
+            chunks = pool.imap(_write_chunk, jobs)  # in order: the same files whatever ``workers``
+            bar = progress(chunks, total=len(jobs), desc="synth", unit="chunk", enabled=show_progress)
+            written = [row for rows in bar for row in rows]
     else:
-        written = [row for job in jobs for row in _write_chunk(job)]
+        bar = progress(jobs, total=len(jobs), desc="synth", unit="chunk", enabled=show_progress)
+        written = [row for job in bar for row in _write_chunk(job)]
 
     order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(int(clips))
     n_test, n_val = max(1, round(0.15 * clips)), max(1, round(0.05 * clips))

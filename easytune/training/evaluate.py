@@ -22,6 +22,7 @@ import torch
 from easytune import metrics
 from easytune.errors import ConfigError
 from easytune.models.evaluator import MotionTextEvaluator
+from easytune.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ def evaluate_generation(
     *,
     batch_size: int = 32,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Ground-truth and generated metrics over ``sizes.replications`` seeded replications.
+    """Ground-truth and generated metrics over ``sizes.replications`` seeded replications (a progress bar
+    over them with ``show_progress``).
 
     ``dataset`` items give ``motion`` (normalised [T, D]), ``length`` and ``caption`` (use a deterministic
     caption mode). Returns ``{"ground_truth": {metric: {mean, ci95, n}}, "generated": {...},
@@ -116,7 +119,8 @@ def evaluate_generation(
     gt_text = _embed_texts(evaluator, captions, batch_size)
     gt_motion = _embed(evaluator, [it["motion"] for it in items], batch_size)
     gt_runs, gen_runs = [], []
-    for r in range(sizes.replications):
+    reps = range(sizes.replications)
+    for r in progress(reps, total=len(reps), desc="eval", unit="replication", enabled=show_progress):
         rseed = seed * 1000 + r
         order = np.random.default_rng(rseed).permutation(n)
         motions: list[torch.Tensor | None] = [None] * n

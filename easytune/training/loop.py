@@ -30,7 +30,8 @@ import torch
 
 from easytune.checkpoint import load_state_dict_strict, load_training_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
-from easytune.train_utils import EMA, check_finite, check_weights, progress
+from easytune.progress import progress
+from easytune.train_utils import EMA, check_finite, check_weights
 
 Stats = Mapping[str, "torch.Tensor | float"]
 
