@@ -78,9 +78,20 @@ def check_writable_dir(folder: str | os.PathLike, shown: str) -> None:
         raise ConfigError(f"{shown}: cannot write there ({err.strerror or err})") from None
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+SAFETENSORS = ".safetensors"
 
+
+def sidecar_of(path: str | os.PathLike) -> Path:
+    """The JSON file beside a ``.safetensors`` checkpoint that holds its ``config`` and ``meta``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write a checkpoint dict to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    ``.safetensors``: the ``state_dict`` tensors as safetensors (no pickle at all) and ``config`` / ``meta``
+    as JSON beside it (``sidecar_of``: ``model.safetensors`` -> ``model.json``); any other entry (optimizer,
+    RNG state) is refused, such checkpoints are ``.pt``. Any other suffix: ``torch.save``.
     A crash mid-write leaves the previous checkpoint intact. A checkpoint with a NaN or inf tensor is never
     written (``NonFiniteError`` naming the tensor; the previous file stays). Returns the final path.
     """
@@ -91,24 +102,69 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             f"{path}: not written: tensor {bad} holds NaN or inf values (the previous file, if any, is kept)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == SAFETENSORS:
+        return _save_safetensors(obj, path)
+    _write_atomic(path, lambda f: torch.save(obj, f))
+    return path
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save_safetensors(obj: Mapping[str, Any], path: Path) -> Path:
+    import json
+
+    from safetensors.torch import save
+
+    extra = sorted(set(obj) - {"state_dict", "config", "meta"})
+    if extra:
+        raise CheckpointError(
+            f"{path}: a .safetensors checkpoint holds weights, config and meta only, not {extra} "
+            "(write training checkpoints as .pt)"
+        )
+    # contiguous copies: safetensors refuses views and tensors that share storage (tied weights)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in obj.get("state_dict", {}).items()}
+    side = {k: _plain(obj[k], f"{path}: {k}") for k in ("config", "meta") if k in obj}
+    blob = save(tensors, metadata={"format": "pt", "writer": "easytune"})
+    _write_atomic(path, lambda f: f.write(blob))
+    text = json.dumps(side, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _write_atomic(sidecar_of(path), lambda f: f.write(text), mode="w")
     return path
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as JSON data: tensors and arrays as (nested) lists, tuples as lists, paths as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise CheckpointError(f"{where}: {type(value).__name__} cannot be written as JSON")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a ``.pt``/``.ckpt`` (``weights_only=True``: no pickled code runs) or ``.safetensors`` file.
 
-    A safetensors file is returned as ``{"state_dict": tensors}``. Raises ``CheckpointError`` naming
-    the file when it is missing or unreadable.
+    A safetensors file is returned as ``{"state_dict": tensors}`` plus the ``config`` and ``meta`` of its JSON
+    sidecar (``sidecar_of``) when there is one (a reference file may have none). Raises ``CheckpointError``
+    naming the file when it is missing or unreadable.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,16 +178,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 raise CheckpointError(f"{path}: {what}, not a checkpoint file") from None
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == SAFETENSORS:
             from safetensors.torch import load_file
 
-            return {"state_dict": load_file(str(path), device=str(map_location))}
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = {"state_dict": load_file(str(path), device=str(map_location))}
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise CheckpointError(f"{path}: cannot load checkpoint: {_load_error(err)}") from err
+    if path.suffix == SAFETENSORS:
+        obj.update(_read_sidecar(path))
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return dict(obj)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    import json
+
+    side = sidecar_of(path)
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{side}: the config beside {path.name} is not readable JSON ({err})") from None
+    if not isinstance(data, dict) or set(data) - {"config", "meta"}:
+        raise CheckpointError(
+            f"{side}: expected a JSON object with 'config' and 'meta', got {str(data)[:80]}"
+        )
+    return data
 
 
 def _load_error(err: Exception) -> str:

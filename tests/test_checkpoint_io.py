@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -132,3 +133,85 @@ def test_every_model_config_is_read_by_one_loader_naming_the_file_and_field(tmp_
     with pytest.raises(ConfigError, match=r"here\.width must be an integer, got 2.5"):
         config_from_dict(_Config, {"width": 2.5}, "here")
     assert config_from_dict(_Config, {"width": 5}, "here") == _Config(5)
+
+
+@pytest.mark.parametrize("asset", ["mld_tiny.pt", "reward.pt", "evaluator.pt"])
+def test_export_round_trips_through_safetensors_and_every_loader_reads_it(tmp_path, asset, capsys):
+    """Issue 16: ``easytune export`` writes NAME.safetensors + NAME.json by default; the loaders give the
+    same model as from the .pt (same weights, config, outputs)."""
+    import json
+
+    from easytune.checkpoint import ASSETS
+    from easytune.cli import main
+
+    out = tmp_path / "shipped"
+    assert main(["export", str(ASSETS / asset), "--out", str(out), "--source", "test"]) == 0
+    weights, side = tmp_path / "shipped.safetensors", tmp_path / "shipped.json"
+    assert weights.is_file() and side.is_file() and "shipped.safetensors" in capsys.readouterr().out
+    assert weights.read_bytes()[8:9] == b"{"  # a safetensors header: no pickle anywhere
+    assert json.loads(side.read_text())["meta"]["source"] == "test"
+    assert main(["export", str(ASSETS / asset), "--out", str(tmp_path / "ref.pt")]) == 0
+    a, b = load_checkpoint(weights), load_checkpoint(tmp_path / "ref.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["config"] == json.loads(json.dumps(b["config"]))
+    if asset == "mld_tiny.pt":
+        from easytune.generation import load_pipeline
+
+        x, y = (
+            load_pipeline(p).sample(["a person walks"], [40], steps=3, seed=0)[0]
+            for p in (weights, tmp_path / "ref.pt")
+        )
+        np.testing.assert_array_equal(x, y)
+    else:
+        from easytune.models.evaluator import MotionTextEvaluator
+        from easytune.models.reward import RewardModel
+
+        cls = RewardModel if asset == "reward.pt" else MotionTextEvaluator
+        m1, m2 = cls.from_checkpoint(weights), cls.from_checkpoint(tmp_path / "ref.pt")
+        assert m1.config == m2.config
+        assert all(torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert main(["export", str(ASSETS / asset), "--out", str(tmp_path / "x.bin")]) == 2
+
+
+def test_a_training_checkpoint_is_not_written_as_safetensors(tmp_path):
+    with pytest.raises(CheckpointError, match=r"holds weights, config and meta only, not \['optimizer'\]"):
+        save_atomic({"state_dict": {}, "optimizer": {}}, tmp_path / "run.safetensors")
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"bad.json: expected a JSON object"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def _loaders():
+    from easytune.checkpoint import load_training_checkpoint
+    from easytune.generation import load_pipeline
+    from easytune.models import MDM, MLD, load_vae
+    from easytune.models.evaluator import MotionTextEvaluator
+    from easytune.models.reward import RewardModel
+
+    return {
+        "load_checkpoint": load_checkpoint,
+        "load_training_checkpoint": lambda p: load_training_checkpoint(p, {}),
+        "MLD.from_checkpoint": MLD.from_checkpoint,
+        "MDM.from_checkpoint": MDM.from_checkpoint,
+        "load_vae": load_vae,
+        "load_pipeline": load_pipeline,
+        "RewardModel.from_checkpoint": RewardModel.from_checkpoint,
+        "MotionTextEvaluator.from_checkpoint": MotionTextEvaluator.from_checkpoint,
+    }
+
+
+@pytest.mark.parametrize("loader", list(_loaders()))
+def test_no_loader_runs_pickled_code(tmp_path, loader):
+    """Issue 16: every loader goes through the safe load; a checkpoint whose pickle would run code (here: a
+    file written when unpickled) is refused by name and the code never runs."""
+    marker = tmp_path / "ran"
+    for name in ("state_dict", "config", "meta"):
+        path = tmp_path / f"evil_{name}.pt"
+        torch.save({"state_dict": {}, "config": {}, "meta": {}, name: _Payload(marker)}, path)
+        with pytest.raises(CheckpointError, match="holds pickled objects other than tensors") as info:
+            _loaders()[loader](path)
+        assert str(path) in str(info.value)
+    assert not marker.exists()

@@ -6,6 +6,10 @@ with `easytune sample`, `easytune finetune --base` and `easytune.generation.load
 Reward-model (`easytune reward train|refine`) and evaluator (`easytune evaluator train`) checkpoints:
 keeps weights, config and metadata. Optimizer, LR-scheduler and RNG state are dropped in every case;
 `--no-data-path` also leaves out the local paths of the training data (for checkpoints you ship).
+
+Format (from the --out suffix): `.safetensors` (the default; no suffix gets it) writes the weights as
+safetensors and their config and metadata as JSON beside them (`model.safetensors` + `model.json`); `.pt`
+writes one torch file. Every easytune loader reads both, and neither runs pickled code.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("ckpt", help="training checkpoint (pretrain, finetune, reward or evaluator training)")
-    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument(
+        "--out", required=True, help="checkpoint to write: NAME.safetensors (+ NAME.json) or NAME.pt"
+    )
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA ones exist")
     p.add_argument(
         "--no-data-path",
@@ -52,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     from easytune.checkpoint import load_checkpoint
     from easytune.errors import ConfigError
 
+    args.out = _out_path(args.out)
     stage = load_checkpoint(args.ckpt).get("meta", {}).get("stage")
     extra = {"source": args.source} if args.source else {}
     if stage in ("stage1", "spl", "evaluator"):
@@ -78,3 +85,17 @@ def _run(args: argparse.Namespace) -> int:
     path = pipe.save(args.out, pipe.trainable.state_dict(), extra or None)
     print(f"wrote {path} ({pipe.kind}, {sum(p.numel() for p in pipe.model.parameters()):,} parameters)")
     return 0
+
+
+def _out_path(out: str) -> str:
+    """``out`` with its format suffix (``.safetensors`` when it has none)."""
+    from pathlib import Path
+
+    from easytune.errors import ConfigError
+
+    suffix = Path(out).suffix
+    if suffix == "":
+        return out + ".safetensors"
+    if suffix not in (".safetensors", ".pt", ".ckpt"):
+        raise ConfigError(f"--out {out}: the suffix chooses the format: .safetensors (default) or .pt")
+    return out
