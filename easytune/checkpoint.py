@@ -210,6 +210,40 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
+class _PlainUnpickler:
+    """Reads a pickle of plain data only (str, int, float, bool, None, list, tuple, dict, set): any opcode
+    that would import a global (a class, a function: the way pickles run code) is refused."""
+
+    @staticmethod
+    def load(path: Path) -> Any:
+        import pickle
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain data is read")
+
+            def persistent_load(self, pid: Any) -> Any:
+                raise pickle.UnpicklingError("it holds persistent references; only plain data is read")
+
+        with path.open("rb") as fh:
+            return Unpickler(fh).load()
+
+
+def load_plain_pickle(path: str | os.PathLike, what: str) -> Any:
+    """The plain data (lists, dicts, strings, numbers) of the pickle file ``path``; a pickle that would
+    import anything (and so could run code) is refused with ``CheckpointError`` naming the file and ``what``
+    it should hold. Never ``pickle.load``."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (expected {what})")
+    try:
+        return _PlainUnpickler.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise CheckpointError(f"{path}: not a plain-data pickle of {what}: {err}") from None
+
+
 def _load_error(err: Exception) -> str:
     """What went wrong in a safe load, without torch's advice to load with ``weights_only=False`` (which
     would run pickled code: easytune never does)."""

@@ -13,6 +13,7 @@ Specs:
   no weights (see ``HashedTextEncoder`` and docs/text.md for exactly what it is and what it cannot do).
 - ``sentence-transformers:<folder | installed package | cached hub id>``: a real encoder (sentence-T5, CLIP,
   MiniLM ...) loaded offline; ``sentence_transformers`` is imported only when such an encoder is built.
+- ``t2m-glove:<dir>``: the official T2M evaluator's GloVe + POS word vectorizer (``easytune.text_glove``).
 
 Embeddings of repeated captions come from a bounded LRU cache (``cache_size`` captions, 0 disables it).
 """
@@ -70,6 +71,7 @@ class TextEncoder:
     spec: str
     token_dim: int
     sentence_dim: int
+    input_kind = "caption"  # "tokens": prefers a caption's word/POS tokens (``text_glove``)
 
     def __init__(self, *, device: torch.device | str = "cpu", cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         if int(cache_size) < 0:
@@ -376,11 +378,15 @@ def build_text_encoder(spec: str = "builtin", **kw: Any) -> TextEncoder:
             return HashedTextEncoder(**options, **kw)
         if name == "sentence-transformers":
             return SentenceTransformerEncoder(rest, **kw)
+        if name == "t2m-glove":
+            from easytune.text_glove import T2MGloveEncoder
+
+            return T2MGloveEncoder(rest, **kw)
     except TypeError as err:
         raise ConfigError(f"text encoder spec {spec!r}: bad option: {err}") from err
     raise ConfigError(
-        f"unknown text encoder spec {spec!r}: expected 'builtin[:token_dim=..,sentence_dim=..]' or "
-        "'sentence-transformers:<model folder or installed package>'"
+        f"unknown text encoder spec {spec!r}: expected 'builtin[:token_dim=..,sentence_dim=..]', "
+        "'sentence-transformers:<model folder or installed package>' or 't2m-glove:<T2M glove folder>'"
     )
 
 

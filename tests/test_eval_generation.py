@@ -73,7 +73,7 @@ def test_perfect_and_mismatched_generators(data_dir, evaluator):
     assert bad["generated"]["MM-Dist"]["mean"] > res["generated"]["MM-Dist"]["mean"]
     assert bad["sizes"]["mm_pairs"] == 3 and "MultiModality" in bad["generated"]
     table = format_table(bad, "wrong")
-    assert "ground truth" in table and "wrong" in table and "MultiModality" in table
+    assert "ground truth" in table and "wrong" in table and "MModality ↑" in table and "Top 3 ↑" in table
 
 
 def _random_mld(path):

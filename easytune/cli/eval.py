@@ -18,7 +18,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--ckpt", required=True, help="MLD / MDM checkpoint to generate with")
     p.add_argument(
-        "--evaluator", required=True, help="evaluator checkpoint (`easytune evaluator train`) or 'default'"
+        "--evaluator",
+        required=True,
+        help="t2m:DIR (the official T2M evaluator: DIR/t2m/text_mot_match/model/finest.tar, DIR/glove/, "
+        "DIR/t2m_mean.npy, DIR/t2m_std.npy; see docs/evaluation.md), an evaluator checkpoint "
+        "(`easytune evaluator train`) or 'default'",
     )
     p.add_argument(
         "--data", required=True, help="dataset folder; its test split gives captions, lengths, Mean/Std"
@@ -51,11 +55,13 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from easytune.data.humanml import MotionDataset
     from easytune.generation import load_pipeline
-    from easytune.models.evaluator import MotionTextEvaluator
+    from easytune.models.evaluator import load_evaluator
     from easytune.training.evaluate import EvalSizes, evaluate_generation, format_table, pipeline_fn
 
     dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
-    evaluator = MotionTextEvaluator.from_checkpoint(args.evaluator).to(args.device)
+    evaluator = load_evaluator(
+        args.evaluator, dataset_mean=dataset.mean, dataset_std=dataset.std, device=args.device
+    )
     pipe = load_pipeline(args.ckpt, text_encoder=args.text_encoder, data=args.model_data, device=args.device)
     sizes = EvalSizes(
         replications=args.replications,

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="ground-truth R-Precision (groups of 32), MM-Dist, Diversity")
-    ev.add_argument("--ckpt", required=True, help="evaluator checkpoint, or 'default'")
+    ev.add_argument("--ckpt", required=True, help="evaluator checkpoint, 'default', or t2m:DIR (official)")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="test")
     ev.add_argument("--seed", type=int, default=0)
@@ -47,11 +47,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from easytune.data.humanml import MotionDataset
-    from easytune.models.evaluator import MotionTextEvaluator
+    from easytune.models.evaluator import load_evaluator
     from easytune.training.evaluator import embed_pairs, ground_truth_metrics
 
-    evaluator = MotionTextEvaluator.from_checkpoint(args.ckpt).to(args.device)
     dataset = MotionDataset(args.data, args.split, caption_mode="first", crop="floor")
+    evaluator = load_evaluator(
+        args.ckpt, dataset_mean=dataset.mean, dataset_std=dataset.std, device=args.device
+    )
     text, motion = embed_pairs(evaluator, dataset, device=args.device)
     result = ground_truth_metrics(text, motion, seed=args.seed)
     rp = result["r_precision"]

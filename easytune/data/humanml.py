@@ -283,6 +283,9 @@ class _Entry:
     end: int
     captions: tuple[str, ...]
     is_sub: bool = False
+    tokens: tuple[
+        str, ...
+    ] = ()  # per caption: its ``word/POS word/POS ...`` string ("" when the file has none)
 
     @property
     def length(self) -> int:
@@ -293,11 +296,17 @@ class _Entry:
         return f"{self.clip}@{self.start}-{self.end}" if self.is_sub else self.clip
 
 
+def _texts(lines: Sequence[CaptionLine]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(captions, their ``word/POS`` token strings) of caption lines."""
+    return tuple(x.caption for x in lines), tuple(" ".join(x.tokens) for x in lines)
+
+
 class MotionDataset(torch.utils.data.Dataset):
     """Text-motion items of one split of a HumanML3D / KIT root.
 
     Item: ``{"motion": float32 tensor [T, D] (normalised unless normalize=False), "length": T,
-    "caption": str, "captions": list[str] (all captions of the item), "id": str}``; sub-clip ids are
+    "caption": str, "captions": list[str] (all captions of the item), "tokens": str (the caption's
+    ``word/POS ...`` tokens from its text file, "" when the file gives none), "id": str}``; sub-clip ids are
     ``<clip>@<start>-<end>`` (feature rows).
 
     ``caption_mode``: ``"random"`` (one caption drawn per access, training) or ``"first"``.
@@ -366,20 +375,22 @@ class MotionDataset(torch.utils.data.Dataset):
                     f"got {dtype} {shape}"
                 )
             n_frames = shape[0]
-            whole: list[str] = []
-            subs: dict[tuple[int, int], list[str]] = {}
+            whole: list[CaptionLine] = []
+            subs: dict[tuple[int, int], list[CaptionLine]] = {}
             for line in read_captions(text_dir / f"{clip}.txt"):
                 if line.whole_clip:
-                    whole.append(line.caption)
+                    whole.append(line)
                 else:
-                    subs.setdefault(line.frames(self.fps), []).append(line.caption)
+                    subs.setdefault(line.frames(self.fps), []).append(line)
             if whole:
-                self._add(_Entry(clip, 0, n_frames, tuple(whole)))
-            for (start, end), caps in subs.items():
+                caps, toks = _texts(whole)
+                self._add(_Entry(clip, 0, n_frames, caps, tokens=toks))
+            for (start, end), lines in subs.items():
                 n_sub += 1
                 n_clamped += end > n_frames
                 end = max(start, min(end, n_frames))
-                self._add(_Entry(clip, start, end, tuple(caps), is_sub=True))
+                caps, toks = _texts(lines)
+                self._add(_Entry(clip, start, end, caps, is_sub=True, tokens=toks))
         n_filtered = sum(len(v) for v in self.filtered.values())
         log.info(
             "%s split %r: %d items from %d clips (%d sub-clips, %d of them ending past their clip and cut at "
@@ -441,12 +452,13 @@ class MotionDataset(torch.utils.data.Dataset):
         if self.normalize:
             motion = normalize(motion, self.mean, self.std)
         captions = list(entry.captions)
-        caption = captions[int(rng.integers(len(captions)))] if self.caption_mode == "random" else captions[0]
+        pick = int(rng.integers(len(captions))) if self.caption_mode == "random" else 0
         return {
             "motion": torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32)),
             "length": int(length),
-            "caption": caption,
+            "caption": captions[pick],
             "captions": captions,
+            "tokens": entry.tokens[pick] if entry.tokens else "",
             "id": entry.item_id,
         }
 
@@ -454,7 +466,7 @@ class MotionDataset(torch.utils.data.Dataset):
 def collate_motion(items: Sequence[dict]) -> dict:
     """Pad items to the longest: ``{"motion": float32 [B, Tmax, D] (zeros past each length), "lengths":
     int64 [B], "mask": bool [B, Tmax] (True = valid frame), "caption": list[str], "captions":
-    list[list[str]], "id": list[str]}``."""
+    list[list[str]], "tokens": list[str], "id": list[str]}``."""
     if not items:
         raise DataError("collate_motion: empty batch")
     dims = {int(it["motion"].shape[-1]) for it in items}
@@ -473,6 +485,7 @@ def collate_motion(items: Sequence[dict]) -> dict:
         "lengths": lengths,
         "mask": torch.arange(t_max)[None, :] < lengths[:, None],
         "caption": [it["caption"] for it in items],
+        "tokens": [it.get("tokens", "") for it in items],
         "captions": [list(it["captions"]) for it in items],
         "id": [it["id"] for it in items],
     }

@@ -172,6 +172,14 @@ class MotionTextEvaluator(ConfigCheckpointMixin, nn.Module):
         emb = self.text_model.encode(list(captions), device=device)
         return self.encode_text_tokens(emb.tokens, emb.mask)
 
+    def text_inputs(self, captions: list[str], tokens: list[str]) -> list[str]:
+        """What the text side reads per item: the caption, or, when the text encoder takes ``word/POS``
+        tokens (the official T2M vectorizer, ``input_kind == "tokens"``), the caption's tokens where the
+        dataset has them (``tokens[i]`` non-empty)."""
+        if getattr(self.text_model, "input_kind", "caption") != "tokens":
+            return list(captions)
+        return [t or c for c, t in zip(captions, tokens)]
+
     def freeze(self) -> MotionTextEvaluator:
         """Eval mode (dropout off), no gradients; returns ``self``."""
         self.eval()
@@ -272,3 +280,63 @@ def build_evaluator(
     from easytune.text import bind_text_encoder
 
     return MotionTextEvaluator(*bind_text_encoder(replace(PRESETS[preset], **overrides), text_encoder))
+
+
+# Where ``t2m:<dir>`` finds the official files (the first that exists): the evaluator weights, T2M's
+# ``glove`` folder, and the Mean/Std the evaluator normalises motions with (MDM ships them as
+# ``dataset/t2m_mean.npy``; the T2M release as ``meta/mean.npy`` of its checkpoint folder).
+T2M_LAYOUT: dict[str, tuple[str, ...]] = {
+    "weights": ("t2m/text_mot_match/model/finest.tar", "text_mot_match/model/finest.tar", "finest.tar"),
+    "glove": ("glove",),
+    "mean": ("t2m_mean.npy", "t2m/meta/mean.npy", "meta/mean.npy"),
+    "std": ("t2m_std.npy", "t2m/meta/std.npy", "meta/std.npy"),
+}
+
+
+def t2m_files(directory: str | os.PathLike) -> dict[str, str]:
+    """The official T2M evaluator files under ``directory`` (``T2M_LAYOUT``); a missing one is named with
+    the places looked at."""
+    from pathlib import Path
+
+    root = Path(directory)
+    found, missing = {}, []
+    for key, candidates in T2M_LAYOUT.items():
+        hit = next((root / c for c in candidates if (root / c).exists()), None)
+        if hit is None:
+            missing.append(f"{key} ({' or '.join(candidates)})")
+        else:
+            found[key] = str(hit)
+    if missing:
+        raise ConfigError(f"t2m:{root}: missing {', '.join(missing)} under {root}")
+    return found
+
+
+def load_evaluator(
+    spec: str, *, dataset_mean: Any = None, dataset_std: Any = None, device: str | torch.device = "cpu"
+) -> MotionTextEvaluator:
+    """The evaluator named by ``spec``: ``t2m:<dir>`` (the official T2M evaluator and its GloVe word
+    vectorizer, ``t2m_files``; motions normalised with ``dataset_mean`` / ``dataset_std`` are re-normalised
+    to its statistics), an easytune evaluator checkpoint, or ``default``. Frozen, on ``device``."""
+    if spec.startswith("t2m:"):
+        from easytune.text import build_text_encoder
+
+        if dataset_mean is None or dataset_std is None:
+            raise ConfigError(f"{spec}: the official evaluator needs the dataset's Mean/Std to re-normalise")
+        files = t2m_files(spec[len("t2m:") :])
+        stats = {}
+        for key in ("mean", "std"):
+            try:
+                stats[key] = np.load(files[key], allow_pickle=False)
+            except ValueError as err:
+                raise CheckpointError(f"{files[key]}: not a plain .npy array ({err})") from None
+        model = MotionTextEvaluator.from_t2m_official(
+            files["weights"],
+            build_text_encoder(f"t2m-glove:{files['glove']}"),
+            dataset_mean=dataset_mean,
+            dataset_std=dataset_std,
+            eval_mean=stats["mean"],
+            eval_std=stats["std"],
+        )
+    else:
+        model = MotionTextEvaluator.from_checkpoint(spec)
+    return model.to(device)

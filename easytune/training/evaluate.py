@@ -21,7 +21,7 @@ import torch
 
 from easytune import metrics
 from easytune.errors import ConfigError
-from easytune.models.evaluator import MotionTextEvaluator
+from easytune.models.evaluator import MotionTextEvaluator, load_evaluator
 from easytune.progress import progress
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 # generate_fn(captions, lengths, seed) -> list of normalised motion features float32 [lengths[i], nfeats]
 GenerateFn = Callable[[list[str], list[int], int], list[torch.Tensor]]
 METRIC_NAMES = ("R@1", "R@2", "R@3", "FID", "MM-Dist", "Diversity", "MultiModality")
+# Column titles of the papers' tables (Guo et al. 2022 and after); the arrow says which way is better.
+PAPER_COLUMNS = {
+    "R@1": "Top 1 ↑",
+    "R@2": "Top 2 ↑",
+    "R@3": "Top 3 ↑",
+    "FID": "FID ↓",
+    "MM-Dist": "MM Dist ↓",
+    "Diversity": "Diversity →",
+    "MultiModality": "MModality ↑",
+}
 
 
 @dataclass
@@ -116,7 +126,8 @@ def evaluate_generation(
         log.warning("small test split: %s", note)
     captions = [it["caption"] for it in items]
     lengths = [int(it["length"]) for it in items]
-    gt_text = _embed_texts(evaluator, captions, batch_size)
+    texts = evaluator.text_inputs(captions, [it.get("tokens", "") for it in items])
+    gt_text = _embed_texts(evaluator, texts, batch_size)
     gt_motion = _embed(evaluator, [it["motion"] for it in items], batch_size)
     gt_runs, gen_runs = [], []
     reps = range(sizes.replications)
@@ -199,8 +210,8 @@ def periodic_evaluator(
     ``evaluator`` (a checkpoint path or ``"default"``)."""
     from easytune.data.humanml import MotionDataset
 
-    model = MotionTextEvaluator.from_checkpoint(evaluator)
     dataset = MotionDataset(data, split, caption_mode="first", crop="floor")
+    model = load_evaluator(evaluator, dataset_mean=dataset.mean, dataset_std=dataset.std)
     if samples < 2:
         raise ConfigError(f"periodic evaluation needs samples >= 2, got {samples}")
     pick = np.random.default_rng(seed).permutation(len(dataset))[: min(samples, len(dataset))]
@@ -221,13 +232,16 @@ def periodic_evaluator(
 
 
 def format_table(result: dict[str, Any], name: str = "model") -> str:
-    """Paper-like table: rows ground truth and ``name``; ``mean +- ci95`` per metric ('-' if absent)."""
-    head = f"{'method':<16}" + "".join(f"{m:>18}" for m in METRIC_NAMES)
-    lines = [head, "-" * len(head)]
+    """The papers' table: rows ground truth and ``name``, columns R-Precision Top 1/2/3, FID, MM Dist,
+    Diversity, MModality (arrows: better direction), cells ``mean±ci95`` ('-' if absent)."""
+    head = f"{'method':<16}" + "".join(f"{PAPER_COLUMNS[m]:>16}" for m in METRIC_NAMES)
+    group = f"{'':<16}{'R-Precision':^48}"
+    lines = [group, head, "-" * len(head)]
     for label, key in (("ground truth", "ground_truth"), (name, "generated")):
         cells = []
         for m in METRIC_NAMES:
             s = result[key].get(m)
-            cells.append(f"{'-':>18}" if s is None else f"{s['mean']:>10.3f} +-{s['ci95']:.3f}")
+            cell = "-" if s is None else f"{s['mean']:.3f}±{s['ci95']:.3f}".replace("±0.", "±.")
+            cells.append(f"{cell:>16}")
         lines.append(f"{label[:16]:<16}" + "".join(cells))
     return "\n".join(lines)

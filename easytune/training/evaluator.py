@@ -127,7 +127,7 @@ def embed_pairs(
     texts, motions = [], []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        texts.append(evaluator.encode_text(batch["caption"]).cpu())
+        texts.append(evaluator.encode_text(evaluator.text_inputs(batch["caption"], batch["tokens"])).cpu())
         motions.append(evaluator.encode_motion(batch["motion"].to(device), batch["lengths"].to(device)).cpu())
     return torch.cat(texts).numpy(), torch.cat(motions).numpy()
 
