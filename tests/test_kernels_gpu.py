@@ -17,6 +17,7 @@ from easytune.ops._triton import interpreting
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.triton,
     pytest.mark.skipif(interpreting(), reason="TRITON_INTERPRET=1: set it to 0 to test compiled kernels"),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

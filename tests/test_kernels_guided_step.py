@@ -17,7 +17,10 @@ PATHS = {"guided": (1, 0, 0), "x0_hat": (0, 1, 0), "prev": (0, 0, 1), "all": (1,
 
 # CPU tensors through the Triton interpreter (conftest sets TRITON_INTERPRET=1 unless told otherwise);
 # the compiled kernels are tested on a GPU by test_kernels_gpu.py.
-pytestmark = pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)")
+pytestmark = [
+    pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)"),
+    pytest.mark.triton,
+]
 
 
 def _inputs(dtype, shape=(3, 7, 33), uncond=True, device="cpu"):

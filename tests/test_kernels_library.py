@@ -11,7 +11,10 @@ from torch.library import opcheck
 from easytune import ops
 from easytune.ops._triton import interpreting
 
-pytestmark = pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)")
+pytestmark = [
+    pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)"),
+    pytest.mark.triton,
+]
 lib = torch.ops.easytune_kernels
 
 

@@ -14,7 +14,10 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # CPU tensors through the Triton interpreter (conftest sets TRITON_INTERPRET=1 unless told otherwise);
 # the compiled kernels are tested on a GPU by test_kernels_gpu.py.
-pytestmark = pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)")
+pytestmark = [
+    pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tensors)"),
+    pytest.mark.triton,
+]
 
 
 def _run(fn, motion, text, grad):

@@ -60,6 +60,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert any("need CUDA tensors" in r and "TRITON_INTERPRET=1" in r for r in reasons)
 
 
+@pytest.mark.triton
 def test_auto_never_picks_the_triton_interpreter():
     assert _triton.interpreting()  # conftest runs the tests under TRITON_INTERPRET=1
     inputs = _qkv()
