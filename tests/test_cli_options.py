@@ -263,3 +263,23 @@ def test_a_reward_config_file_and_the_same_flags_give_identical_runs(tmp_path):
     (tmp_path / "bad.yaml").write_text("steps: 0\n")
     assert main([*common, "--out", str(tmp_path / "o.pt"), "--config", str(tmp_path / "bad.yaml")]) == 2
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_every_option_of_every_command_shows_its_default(capsys):
+    """Issue 16: ``--help`` shows every default: each option that takes a value either says its default or
+    is required (switches are off by default)."""
+    from easytune.cli import _all_parsers
+
+    parser = build_parser()
+    missing = []
+    for p in _all_parsers(parser):
+        options = p.format_help().split("\noptions:", 1)[-1]
+        entries = re.split(r"\n  (?=-)", options)  # one entry per option, its help lines included
+        for action in p._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue
+            flag = action.option_strings[-1]
+            entry = next((e for e in entries if re.match(rf"(-\w+, )?{re.escape(flag)}\b", e)), "")
+            if not re.search(r"\bdefault[: ]", " ".join(entry.split())):
+                missing.append(f"{p.prog} {flag}")
+    assert not missing, missing

@@ -12,10 +12,37 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
 
 from easytune.errors import EasytuneError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's ``--help``: each option's default (unless its help already says it, as the options
+    generated from a config dataclass do; switches are off by default), descriptions as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0  # a switch: off unless given
+            or action.required
+            or re.search(r"\bdefault[: ]", text.lower())
+        ):
+            return text
+        shown = "unset" if action.default is None else "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
+    for p in _all_parsers(parser):
+        p.formatter_class = HelpFormatter
+        for action in p._actions:  # argparse prints nothing for an option without help: say its default
+            if action.help is None and action.option_strings and action.nargs != 0:
+                action.help = "(default: unset)" if action.default is None else "(default: %(default)s)"
     return parser
 
 

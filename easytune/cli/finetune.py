@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
             type=opt.type,
             choices=opt.choices,
             default=argparse.SUPPRESS,
-            help=opt.help,
+            help=opt.help
+            if "default" in opt.help
+            else f"{opt.help} (default: the method's, docs/methods.md)",
             metavar=None if opt.choices else opt.name.upper(),
         )
     p.set_defaults(func=_run)
