@@ -192,7 +192,8 @@ class Trainer:
         noise [B, ...]), anything else for ``reward_fn`` / ``decode_fn``. Returns floats: ``reward`` (mean
         over the loss terms), ``reward_last`` (the last loss term's), ``loss`` (mean loss term), ``updates``,
         ``steps`` (denoising steps run), ``grad_norm`` (mean, before clipping), ``lr``, ``seconds``,
-        ``seconds_per_update`` and, on CUDA, ``peak_memory_gb``.
+        ``seconds_per_update``, on CUDA ``peak_memory_gb``, and with a composite reward (a ``reward_fn`` with
+        ``pop_terms``, ``easytune.rewards.Composite``) ``reward/<term>`` for each term (its mean).
         """
         if not isinstance(batch, Mapping) or "cond" not in batch:
             raise ConfigError("Trainer.step: batch must be a dict with at least 'cond'")
@@ -217,6 +218,9 @@ class Trainer:
         self.last_plan = plans
         self.optimizer.zero_grad(set_to_none=True)
         policy = [p.detach().clone() for p in self._params] if self.method.frozen_sampler else None
+        pop_terms = getattr(self.reward_fn, "pop_terms", None)  # a composite reward's per-term means
+        if pop_terms is not None:
+            pop_terms()  # what a failed trajectory may have left
         # Statistics stay on the device (0-d tensors) and are read once, after the trajectory.
         rewards: list[torch.Tensor] = []
         losses: list[torch.Tensor] = []
@@ -251,17 +255,20 @@ class Trainer:
             x = x_prev
         if policy is not None:
             _swap_data(self._params, policy)  # theta <- theta' (the policy copy that received the updates)
-        values = self._read([*rewards, *losses, *norms, *finite, *weights_ok, x_T_ok])
+        terms = pop_terms() if pop_terms is not None else {}
+        term_values = [v for name in terms for v in terms[name]]
+        values = self._read([*rewards, *losses, *norms, *finite, *weights_ok, *term_values, x_T_ok])
         if not values.pop():
             self.optimizer.zero_grad(set_to_none=True)
             raise ConfigError(NON_FINITE_X_T)
         n_r, n_u = len(rewards), len(norms)
-        reward_v, loss_v, norm_v, ok_v, w_ok_v = (
+        reward_v, loss_v, norm_v, ok_v, w_ok_v, term_v = (
             values[:n_r],
             values[n_r : 2 * n_r],
             values[2 * n_r : 2 * n_r + n_u],
             values[2 * n_r + n_u : 2 * n_r + 2 * n_u],
-            values[2 * n_r + 2 * n_u :],
+            values[2 * n_r + 2 * n_u : 2 * n_r + 3 * n_u],
+            values[2 * n_r + 3 * n_u :],
         )
         first_bad_weights = w_ok_v.index(0.0) if not all(w_ok_v) else n_u
         if first_bad_weights < n_u and (all(ok_v) or first_bad_weights <= ok_v.index(0.0)):
@@ -291,6 +298,9 @@ class Trainer:
             "seconds": seconds,
             "seconds_per_update": seconds / n_u,
         }
+        for name, calls in terms.items():  # each term's mean over the trajectory's reward evaluations
+            stats[f"reward/{name}"] = sum(term_v[: len(calls)]) / len(calls)
+            term_v = term_v[len(calls) :]
         if cuda:
             stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(x.device) / 2**30
         return stats

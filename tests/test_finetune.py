@@ -670,3 +670,23 @@ def test_the_run_directory_has_metrics_tensorboard_config_and_sample_gifs(assets
         "step_000002.gif", "step_000002.png", "step_000004.gif", "step_000004.png",
     ]  # fmt: skip
     assert "method: easytune" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_composite_reward_logs_each_term_and_trains_on_their_weighted_sum(assets, tmp_path):
+    """Issue 17: --reward-term spl --reward-term foot_skate:0.5 --reward-term jitter:2: the trainer's reward
+    is the weighted sum of the terms, each logged (trainer stats, metrics.jsonl)."""
+    from easytune.cli import build_parser
+    from easytune.cli.finetune import config_from_args
+    from easytune.training.tracking import read_metrics
+
+    terms = ("spl", "foot_skate:0.5", "jitter:2")
+    Run(_config(assets, tmp_path, steps=2, reward_terms=terms)).train()
+    rows = read_metrics(tmp_path)
+    for row in rows:
+        total = row["reward/spl"] + 0.5 * row["reward/foot_skate"] + 2 * row["reward/jitter"]
+        assert row["reward"] == pytest.approx(total, rel=1e-5, abs=1e-6)
+        assert row["reward/foot_skate"] <= 0 and row["reward/jitter"] <= 0
+    args = build_parser().parse_args(["finetune", "--reward-term", "spl", "--reward-term", "foot_skate:0.5"])
+    assert config_from_args(args).reward_terms == ("spl", "foot_skate:0.5")
+    with pytest.raises(ConfigError, match="--reward-term"):
+        _config(assets, tmp_path / "x", reward_terms=("spl", "skating"))

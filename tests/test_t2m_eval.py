@@ -179,9 +179,11 @@ def _rows(table: str) -> dict[str, list[tuple[float, float]]]:
 
 def test_eval_with_the_official_evaluator_prints_the_papers_table(tmp_path, synth, capsys):
     from easytune import metrics
+    from easytune.data.features import recover_from_ric
     from easytune.data.humanml import MotionDataset
     from easytune.models.evaluator import load_evaluator
-    from easytune.training.evaluate import METRIC_NAMES, EvalSizes
+    from easytune.rewards import quality_metrics
+    from easytune.training.evaluate import METRIC_NAMES, QUALITY_NAMES, EvalSizes
 
     t2m = write_t2m_dir(tmp_path / "deps")
     out = tmp_path / "eval.json"
@@ -195,7 +197,7 @@ def test_eval_with_the_official_evaluator_prints_the_papers_table(tmp_path, synt
     result = json.loads(out.read_text())
 
     # the generated row is the JSON's numbers, in the papers' order
-    gen = [result["generated"][m] for m in METRIC_NAMES]
+    gen = [result["generated"][m] for m in METRIC_NAMES + QUALITY_NAMES]
     assert rows["default"] == [
         pytest.approx((round(s["mean"], 3), round(s["ci95"], 3)), abs=1e-9) for s in gen
     ]
@@ -216,5 +218,8 @@ def test_eval_with_the_official_evaluator_prints_the_papers_table(tmp_path, synt
                      "Diversity": metrics.diversity(m, pairs=sizes.diversity_pairs, seed=r)})  # fmt: skip
     direct = metrics.summarize_replications(runs)
     want = [(round(direct[m]["mean"], 3), round(direct[m]["ci95"], 3)) for m in METRIC_NAMES if m in direct]
+    mean, std = torch.as_tensor(dataset.mean), torch.as_tensor(dataset.std)
+    quality = quality_metrics([recover_from_ric(it["motion"] * std + mean) for it in items])
+    want += [(round(quality[m], 3), 0.0) for m in QUALITY_NAMES]  # the same every replication
     assert rows["ground truth"] == [pytest.approx(w, abs=1.5e-3) for w in want]
     assert direct["R@1"]["n"] == 3 and result["sizes"]["replications"] == 3

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # generate_fn(captions, lengths, seed) -> list of normalised motion features float32 [lengths[i], nfeats]
 GenerateFn = Callable[[list[str], list[int], int], list[torch.Tensor]]
 METRIC_NAMES = ("R@1", "R@2", "R@3", "FID", "MM-Dist", "Diversity", "MultiModality")
+QUALITY_NAMES = ("Skating", "Penetration", "Floating", "Jitter")  # easytune.rewards.quality_metrics
 # Column titles of the papers' tables (Guo et al. 2022 and after); the arrow says which way is better.
 PAPER_COLUMNS = {
     "R@1": "Top 1 ↑",
@@ -38,6 +39,10 @@ PAPER_COLUMNS = {
     "MM-Dist": "MM Dist ↓",
     "Diversity": "Diversity →",
     "MultiModality": "MModality ↑",
+    "Skating": "Skating ↓",
+    "Penetration": "Penetr. cm ↓",
+    "Floating": "Float cm ↓",
+    "Jitter": "Jitter ↓",
 }
 
 
@@ -87,6 +92,27 @@ def _embed_texts(evaluator: MotionTextEvaluator, captions: list[str], batch_size
     ).numpy()
 
 
+def _stats_of(dataset: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The dataset's Mean/Std (what its motions are normalised with), None when it does not say."""
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    if mean is None or std is None:
+        return None
+    return torch.as_tensor(np.asarray(mean)).float(), torch.as_tensor(np.asarray(std)).float()
+
+
+def _quality(
+    motions: list[torch.Tensor], stats: tuple[torch.Tensor, torch.Tensor] | None
+) -> dict[str, float]:
+    """Motion-quality metrics (``easytune.rewards.quality_metrics``) of normalised 263-d motions; none
+    without the dataset statistics or for other feature widths."""
+    if stats is None or any(m.shape[-1] != 263 for m in motions):
+        return {}
+    from easytune.data.features import recover_from_ric
+    from easytune.rewards import quality_metrics
+
+    return quality_metrics([recover_from_ric(m.float().cpu() * stats[1] + stats[0]) for m in motions])
+
+
 def _metrics(
     text: np.ndarray, motion: np.ndarray, gt_motion: np.ndarray | None, sizes: EvalSizes, seed: int
 ) -> dict[str, float]:
@@ -129,6 +155,8 @@ def evaluate_generation(
     texts = evaluator.text_inputs(captions, [it.get("tokens", "") for it in items])
     gt_text = _embed_texts(evaluator, texts, batch_size)
     gt_motion = _embed(evaluator, [it["motion"] for it in items], batch_size)
+    stats = _stats_of(dataset)
+    gt_quality = _quality([it["motion"] for it in items], stats)
     gt_runs, gen_runs = [], []
     reps = range(sizes.replications)
     for r in progress(reps, total=len(reps), desc="eval", unit="replication", enabled=show_progress):
@@ -141,8 +169,8 @@ def evaluate_generation(
             for i, m in zip(idx, out):
                 motions[i] = m
         gen_motion = _embed(evaluator, motions, batch_size)
-        gt_runs.append(_metrics(gt_text, gt_motion, None, sizes, rseed))
-        run = _metrics(gt_text, gen_motion, gt_motion, sizes, rseed)
+        gt_runs.append({**_metrics(gt_text, gt_motion, None, sizes, rseed), **gt_quality})
+        run = {**_metrics(gt_text, gen_motion, gt_motion, sizes, rseed), **_quality(motions, stats)}
         if sizes.mm_prompts:
             run["MultiModality"] = _multimodality(
                 generate_fn, evaluator, captions, lengths, sizes, rseed, batch_size
@@ -234,12 +262,13 @@ def periodic_evaluator(
 def format_table(result: dict[str, Any], name: str = "model") -> str:
     """The papers' table: rows ground truth and ``name``, columns R-Precision Top 1/2/3, FID, MM Dist,
     Diversity, MModality (arrows: better direction), cells ``mean±ci95`` ('-' if absent)."""
-    head = f"{'method':<16}" + "".join(f"{PAPER_COLUMNS[m]:>16}" for m in METRIC_NAMES)
+    names = METRIC_NAMES + tuple(m for m in QUALITY_NAMES if m in result["generated"])
+    head = f"{'method':<16}" + "".join(f"{PAPER_COLUMNS[m]:>16}" for m in names)
     group = f"{'':<16}{'R-Precision':^48}"
     lines = [group, head, "-" * len(head)]
     for label, key in (("ground truth", "ground_truth"), (name, "generated")):
         cells = []
-        for m in METRIC_NAMES:
+        for m in names:
             s = result[key].get(m)
             cell = "-" if s is None else f"{s['mean']:.3f}±{s['ci95']:.3f}".replace("±0.", "±.")
             cells.append(f"{cell:>16}")

@@ -142,6 +142,7 @@ class Run:
             lora_alpha=cfg.lora_alpha,
             checkpoint_frozen=cfg.checkpoint_frozen,
             precision=cfg.precision,
+            reward_terms=cfg.parsed_reward_terms(),
         )
         self.objective, self.optimizer, self.lora = parts.objective, parts.optimizer, parts.lora
         model = self.pipe.trainable
@@ -160,7 +161,7 @@ class Run:
         self.trainer = Trainer(
             self.objective.denoise,
             self.pipe.scheduler,
-            self.objective.reward,
+            self.objective.reward_fn,
             method=self.method,
             optimizer=self.optimizer,
             guidance_scale=self.pipe.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale,
@@ -230,8 +231,9 @@ class Run:
                 "updates, not trajectories; it cannot be continued exactly (start a new run)"
             )
         allowed = {field_of(o) for o in cfg.allow_changed}
+        defaults = FinetuneConfig()  # an option newer than the saved run: the run had its default
         for key in RESUME_CHECKED:
-            old, new = saved.get(key), getattr(cfg, key)
+            old, new = saved.get(key, getattr(defaults, key)), getattr(cfg, key)
             if old == new or (isinstance(old, list) and tuple(old) == new):
                 continue
             name = flag(key)

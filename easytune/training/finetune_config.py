@@ -46,6 +46,14 @@ class FinetuneConfig:
     guidance_scale: float | None = option(None, "CFG scale (unset: the checkpoint's)", flag="--guidance")
     num_inference_steps: int = option(50, "DDIM steps per trajectory", flag="--inference-steps")
     reward_weight: float = option(1.0, "scale of the reward loss")
+    reward_terms: tuple[str, ...] = option(
+        help="a reward term NAME[:WEIGHT], repeatable: spl (the --reward model), foot_skate, penetration, "
+        "floating, jitter (motion-quality rewards, easytune.rewards); e.g. --reward-term spl "
+        "--reward-term foot_skate:0.5 (default: spl)",
+        default_factory=lambda: ("spl",),
+        flag="--reward-term",
+        metavar="TERM",
+    )
     precision: str = option(
         "fp32",
         "fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast of denoiser, VAE "
@@ -109,7 +117,12 @@ class FinetuneConfig:
         if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
             self.max_grad_norm = None  # <= 0: no clipping (NaN stays and is refused below)
         self.allow_changed = tuple(self.allow_changed)
+        self.reward_terms = tuple(self.reward_terms)
         self.validate()
+
+    def parsed_reward_terms(self) -> list[tuple[str, float]]:
+        """``reward_terms`` as (name, weight), checked."""
+        return _parse_terms(tuple(self.reward_terms))
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -154,12 +167,29 @@ class FinetuneConfig:
             raise ConfigError(
                 f"--eval-every {self.eval_every} needs --evaluator CKPT (what to evaluate with)"
             )
+        self.parsed_reward_terms()
         unknown = [o for o in self.allow_changed if field_of(o) is None]
         if unknown:
             raise ConfigError(
                 f"--allow-changed: {unknown} are not options a resume compares; choose among "
                 f"{sorted(flag(k) for k in RESUME_CHECKED)}"
             )
+
+
+REWARD_TERMS = ("spl", "foot_skate", "penetration", "floating", "jitter")  # easytune.rewards.QUALITY + spl
+
+
+def _parse_terms(texts: tuple[str, ...]) -> list[tuple[str, float]]:
+    from easytune.rewards import parse_term
+
+    terms = [parse_term(t) for t in texts]
+    names = [n for n, _ in terms]
+    bad = [n for n in names if n not in REWARD_TERMS]
+    if bad or not terms or len(set(names)) != len(names):
+        raise ConfigError(
+            f"--reward-term: {list(texts)}: each of {list(REWARD_TERMS)} at most once, at least one term"
+        )
+    return terms
 
 
 def _check_method_options(method: str, options: dict[str, Any]) -> None:
@@ -191,7 +221,8 @@ def _check_method_options(method: str, options: dict[str, Any]) -> None:
 # checkpoint, evaluate or stop, and what is shown). --allow-changed NAME lets one of them change, logged.
 RESUME_CHECKED = (
     "method", "method_options", "base", "reward", "data", "batch_size", "lr", "warmup", "lr_schedule",
-    "weight_decay", "max_grad_norm", "guidance_scale", "num_inference_steps", "reward_weight", "precision",
+    "weight_decay", "max_grad_norm", "guidance_scale", "num_inference_steps", "reward_weight", "reward_terms",
+    "precision",
     "checkpoint_frozen", "ema", "lora_rank", "lora_alpha", "reg_weight", "seed",
 )  # fmt: skip
 

@@ -41,12 +41,32 @@ class RewardObjective:
     outputs, the reward value, the loss and the optimizer state stay float32. ``fp32`` / ``tf32``: no
     autocast (``set_precision`` sets TF32)."""
 
-    def __init__(self, pipe: MotionPipeline, reward_model: torch.nn.Module, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        pipe: MotionPipeline,
+        reward_model: torch.nn.Module,
+        precision: str = "fp32",
+        terms: list[tuple[str, float]] | None = None,
+    ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
         self.pipe = pipe
         self.reward_model = reward_model
         self.precision = precision
+        self.reward_fn = self._reward_fn(terms)
+
+    def _reward_fn(self, terms: list[tuple[str, float]] | None):
+        """The trainer's ``reward_fn``: the reward model alone (``terms`` None or ``[("spl", 1.0)]``), else
+        an ``easytune.rewards.Composite`` of ``spl`` (the reward model) and motion-quality terms."""
+        if not terms or list(terms) == [("spl", 1.0)]:
+            return self.spl
+        from easytune.rewards import Composite, QualityReward
+
+        parts = [
+            (w, self.spl if name == "spl" else QualityReward(name, self.pipe.mean, self.pipe.std), name)
+            for name, w in terms
+        ]
+        return Composite(parts)
 
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -61,10 +81,15 @@ class RewardObjective:
             feats = self.pipe.decode(x0, batch["lengths"], batch.get("num_frames"))
         return feats.float()
 
-    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def spl(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The reward model's reward [B] (under the bf16 autocast with ``precision="bf16"``)."""
         with self._autocast(feats.device):
             reward = self.reward_model.reward(feats, batch["lengths"], batch["captions"])
         return reward.float()
+
+    def reward(self, feats: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The run's reward [B]: ``reward_fn`` (the reward model, or the composite of the run's terms)."""
+        return self.reward_fn(feats, batch)
 
     def named_parameters(self):
         """The trainable module's parameters with their names (the trainer names a bad tensor with them)."""
@@ -121,6 +146,7 @@ def build_finetuning(
     lora_alpha: float = 16.0,
     checkpoint_frozen: bool = False,
     precision: str = "fp32",
+    reward_terms: list[tuple[str, float]] | None = None,
 ) -> FinetuneModels:
     """Freeze the reward path, prepare the trainable module and its optimizer (see the module docstring).
 
@@ -162,4 +188,5 @@ def build_finetuning(
         params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused or None
     )
     set_precision(precision)
-    return FinetuneModels(RewardObjective(pipe, reward_model, precision), optimizer, params, lora)
+    objective = RewardObjective(pipe, reward_model, precision, reward_terms)
+    return FinetuneModels(objective, optimizer, params, lora)
