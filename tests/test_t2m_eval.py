@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoint_io import _Payload  # a pickle that would write a file when loaded
 from torch import nn
 
 from easytune.cli import main
@@ -126,14 +127,6 @@ def test_the_word_vectorizer_follows_the_official_rules(tmp_path):
     assert long.mask.sum() == 22 and long.tokens[0, 21, :300].tolist() == vectors[index["eos"]].tolist()
     with pytest.raises(ConfigError, match="not of the form word/POS"):
         enc.encode(["a/DET /NOUN"])
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_glove_files_are_read_without_running_pickled_code(tmp_path):
