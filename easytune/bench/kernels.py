@@ -633,21 +633,26 @@ def run_kernels(
     shapes: dict[str, list[tuple[int, ...]]] | None = None,
     ceilings: dict[str, Any] | None = None,
     flex_on_cpu: bool = False,
+    show_progress: bool = False,
     **timer_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Build, check and time every case of ``ops_`` x ``passes``; one row per (case, pass)."""
+    """Build, check and time every case of ``ops_`` x ``passes``; one row per (case, pass) (a progress bar
+    over the (op, shape) pairs with ``show_progress``)."""
     for name, given, allowed in (("pass", passes, PASSES), ("op", ops_, OPS)):
         bad = [x for x in given if x not in allowed]
         if bad:
             raise ConfigError(f"{name} must be among {allowed}, got {bad}")
     shapes = {**default_shapes(device), **(shapes or {})}
+    from easytune.progress import progress
+
     rows: list[dict[str, Any]] = []
-    for op in ops_:
-        for shape in shapes[op]:
-            for case in build_cases(op, shape, device, dtype, flex_on_cpu):
-                for p in passes:
-                    runnable = isinstance(case, KernelCase) and (p == "fwd" or case.leaves)
-                    stats = time_case(case, p, **timer_kwargs) if runnable else None
-                    rows.append(kernel_row(case, p, stats, ceilings, device, dtype))
+    pairs = [(op, shape) for op in ops_ for shape in shapes[op]]
+    bar = progress(pairs, total=len(pairs), desc="bench kernels", unit="shape", enabled=show_progress)
+    for op, shape in bar:
+        for case in build_cases(op, shape, device, dtype, flex_on_cpu):
+            for p in passes:
+                runnable = isinstance(case, KernelCase) and (p == "fwd" or case.leaves)
+                stats = time_case(case, p, **timer_kwargs) if runnable else None
+                rows.append(kernel_row(case, p, stats, ceilings, device, dtype))
     add_speedups(rows)
     return rows

@@ -125,11 +125,15 @@ def run_time_to_reward(
     checkpoint: str | None = None,
     reward_checkpoint: str | None = None,
     log: Callable[[str], None] = lambda s: None,
+    show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows: one ``reward_curve`` per method and one ``time_to_reward`` per (method, level)."""
+    from easytune.progress import progress
+
     rows: list[dict[str, Any]] = []
     start_reward = None
-    for case in cases:
+    bar = progress(cases, total=len(cases), desc="time-to-reward", unit="method", enabled=show_progress)
+    for case in bar:
         log(f"[bench time-to-reward] {case.label}: training for {budget_s:g} s ...")
         curve = reward_curve(
             preset,

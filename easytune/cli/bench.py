@@ -128,6 +128,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--checkpoint", default=None, help="MLD checkpoint to start from (default: fresh)")
     t.add_argument("--reward-checkpoint", default=None, help="reward model checkpoint or 'default'")
     t.add_argument("--json", required=True)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar over the methods")
     t.set_defaults(func=_time_to_reward)
 
     k = sub.add_parser(
@@ -150,6 +151,7 @@ def register(subparsers: Any) -> None:
     )
     k.add_argument("--no-ceilings", action="store_true", help="skip measuring the device ceilings")
     k.add_argument("--json", required=True)
+    k.add_argument("--no-progress", action="store_true", help="no progress bar over the shapes")
     k.set_defaults(func=_kernels)
 
     r = sub.add_parser("report", help="markdown table + PNG plots from result files")
@@ -275,6 +277,7 @@ def _time_to_reward(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         reward_checkpoint=args.reward_checkpoint,
         log=lambda s: print(s, file=sys.stderr),
+        show_progress=not args.no_progress,
     )
     _write(args.json, rows, args.device, vars_config(args))
     return 0
@@ -293,7 +296,16 @@ def _kernels(args: argparse.Namespace) -> int:
         else None
     )
     ceilings = None if args.no_ceilings else measure_ceilings(args.device)
-    rows = run_kernels(args.device, dtype, _csv(args.ops), _csv(args.passes), shapes, ceilings, args.flex_cpu)
+    rows = run_kernels(
+        args.device,
+        dtype,
+        _csv(args.ops),
+        _csv(args.passes),
+        shapes,
+        ceilings,
+        args.flex_cpu,
+        show_progress=not args.no_progress,
+    )
     if ceilings:
         rows.insert(0, {"kind": "ceilings", "case": f"ceilings/{args.device}", **ceilings})
     _write(args.json, rows, args.device, vars_config(args))
