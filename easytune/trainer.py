@@ -213,7 +213,12 @@ class Trainer:
         steps = self._guided_step()
         timesteps = steps.timesteps
         cond_in = steps.conditions(cond, uncond)  # cat[cond, uncond], once per trajectory
-        plans = self.method.plan(timesteps, self.generator, steps.prediction_type)
+        if getattr(self.method, "wants_schedule", False):  # alpha_bar of each timestep (host values)
+            table = self.scheduler.alphas_cumprod
+            schedule = {"alphas_cumprod": [float(table[int(t)]) for t in timesteps]}
+        else:
+            schedule = {}
+        plans = self.method.plan(timesteps, self.generator, steps.prediction_type, **schedule)
         self._check_plan(plans, len(timesteps))
         self.last_plan = plans
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,7 +251,7 @@ class Trainer:
                 rewards.append(reward.detach().mean())
                 losses.append(loss.detach())
                 if plan.update:
-                    norm, ok, w_ok = self._update(policy, losses[-1])
+                    norm, ok, w_ok = self._update(policy, losses[-1], plan.normalize_grad)
                     norms.append(norm)
                     finite.append(ok)
                     weights_ok.append(w_ok)
@@ -470,10 +475,11 @@ class Trainer:
             raise
 
     def _update(
-        self, policy: list[torch.Tensor] | None, loss: torch.Tensor
+        self, policy: list[torch.Tensor] | None, loss: torch.Tensor, normalize: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip, optimizer + LR-scheduler step, zero_grad; returns the gradient norm before clipping and
-        whether loss and norm were finite (0-d tensors, not read here). With an optimizer that can skip a
+        whether loss and norm were finite (0-d tensors, not read here); ``normalize``: scale the gradient to
+        unit norm first (``StepPlan.normalize_grad``). With an optimizer that can skip a
         step on the device (``fused=True`` Adam / AdamW / SGD: ``found_inf``, as ``GradScaler`` uses) a
         non-finite update is skipped without a host sync; any other optimizer is guarded by reading the
         norm. With ``policy`` (chain variant) the step goes to the policy copy, not to the sampling
@@ -490,8 +496,12 @@ class Trainer:
         ok = torch.isfinite(norm) & torch.isfinite(loss)
         if not self._sync_free:
             self._guard(norm, "gradient norm")
+        clip_norm = norm
+        if normalize:  # unit-norm update (EasyTune's gradnorm weighting); the returned norm is the raw one
+            torch._foreach_mul_([p.grad for p in params], 1.0 / norm.clamp_min(1e-12))
+            clip_norm = torch.ones_like(norm)
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, clip_norm)
         if policy is not None:
             _swap_data(self._params, policy)
         try:

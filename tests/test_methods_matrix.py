@@ -13,6 +13,7 @@ from torch import nn
 
 import easytune as et
 from easytune.diffusion import DDIMScheduler
+from easytune.errors import ConfigError
 from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
 
 B, C = 2, 3  # batch, condition width
@@ -137,3 +138,38 @@ def test_the_old_mdm_last_step_was_the_identity_and_draft1_got_no_gradient():
         norms[name] = float(grads[0])
     assert norms["old"] < 1e-4 < norms["preset"]
     assert MLD_SCHEDULER["set_alpha_to_one"] is False  # MLD keeps its reference schedule
+
+
+def test_adaptive_weightings_snr_and_gradnorm():
+    """Issue 17: ``snr`` weighs each step by its alpha_bar (normalised to mean 1, from the trainer's
+    scheduler); ``gradnorm`` makes every update's gradient unit-norm (SGD: each update moves the weights by
+    exactly lr)."""
+    model, trainer, batch, grads = _setup("latent", "epsilon", "easytune-3")
+    alphas = trainer.scheduler.alphas_cumprod
+    timesteps = [int(t) for t in trainer.scheduler.timesteps]
+    plan = et.methods.EasyTune(k=3, weighting="snr").plan(
+        timesteps, torch.Generator(), alphas_cumprod=[float(alphas[t]) for t in timesteps]
+    )
+    a = [float(alphas[t]) for t in timesteps[-3:]]  # float64 hand values
+    assert [p.weight for p in plan if p.update] == pytest.approx([3 * x / sum(a) for x in a], rel=1e-12)
+    assert plan[-1].weight > plan[-3].weight  # the cleaner step weighs more
+    with pytest.raises(ConfigError, match="needs the alpha_bar"):
+        et.methods.EasyTune(k=3, weighting="snr").plan(timesteps, torch.Generator())
+    trainer.method = et.methods.EasyTune(k=3, weighting="snr")
+    assert trainer.step(batch)["updates"] == 3.0  # the trainer passes the schedule
+
+    trainer.method = et.methods.EasyTune(k=3, weighting="gradnorm")
+    moves = []
+    before = {}
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, *a: before.update(w=[p.detach().clone() for p in model.parameters()])
+    )
+    trainer.optimizer.register_step_post_hook(
+        lambda opt, *a: moves.append(
+            torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(model.parameters(), before["w"])))
+        )
+    )
+    grads.clear()
+    trainer.step(batch)
+    assert len(moves) == 3 and all(m.item() == pytest.approx(1e-2, rel=1e-4) for m in moves)
+    assert any(abs(g.item() - 1.0) > 1e-3 for g in grads)  # the raw gradients were not unit-norm

@@ -37,6 +37,8 @@ class StepPlan:
     renoise:      instead of the running sample, start from the chain's final sample (detached)
                   re-noised to this step's timestep with fresh noise (DRaFT-LV).
     checkpoint:   gradient-checkpoint this step's denoiser call (recompute activations in backward).
+    normalize_grad: with ``update``: scale the accumulated gradient to unit norm before clipping and the
+                  optimizer step (on the device, no host read), so every such update has the same size.
     """
 
     index: int
@@ -47,6 +49,7 @@ class StepPlan:
     update: bool = False
     renoise: bool = False
     checkpoint: bool = False
+    normalize_grad: bool = False
 
     def __post_init__(self) -> None:
         if self.reward_on is not None and self.reward_on not in REWARD_TARGETS:

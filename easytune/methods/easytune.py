@@ -10,23 +10,37 @@ import torch
 from easytune.errors import ConfigError
 from easytune.methods.base import Method, StepPlan, check_count, check_fits
 
-WEIGHTINGS = ("uniform", "early", "late")
+WEIGHTINGS = ("uniform", "early", "late", "snr", "gradnorm")
 VARIANTS = ("step", "chain")
 Weighting = str | Callable[[int, int], float]
 
 
-def step_weights(weighting: Weighting, indices: Sequence[int], timesteps: Sequence[int]) -> list[float]:
+def step_weights(
+    weighting: Weighting,
+    indices: Sequence[int],
+    timesteps: Sequence[int],
+    alphas_cumprod: Sequence[float] | None = None,
+) -> list[float]:
     """Per-step loss weights lambda for the selected steps ``indices`` (ascending = sampling order).
 
     uniform: 1. early: linear ramp 2(K-j)/(K+1) for the j-th selected step (j=0 the noisiest), so high-noise
     steps weigh more; late: 2(j+1)/(K+1). Both ramps average to 1 (the same total step size as uniform).
+    snr (adaptive): proportional to the signal fraction ``alpha_bar_t = SNR_t / (1 + SNR_t)`` of each step
+    (``alphas_cumprod``: alpha_bar of every timestep in ``timesteps``), normalised to mean 1: a step whose
+    one-step prediction is mostly noise weighs less. gradnorm: 1 here; the trainer scales each step's
+    gradient to unit norm (``StepPlan.normalize_grad``), so no step dominates the update.
     A callable gets ``(step_index, timestep)`` and returns the weight.
     """
     k = len(indices)
     if callable(weighting):
         weights = [float(weighting(i, int(timesteps[i]))) for i in indices]
-    elif weighting == "uniform":
+    elif weighting in ("uniform", "gradnorm"):
         weights = [1.0] * k
+    elif weighting == "snr":
+        if alphas_cumprod is None:
+            raise ConfigError("EasyTune: weighting 'snr' needs the alpha_bar of the timesteps")
+        signal = [float(alphas_cumprod[i]) for i in indices]
+        weights = [k * s / sum(signal) for s in signal]
     elif weighting == "early":
         weights = [2.0 * (k - j) / (k + 1) for j in range(k)]
     elif weighting == "late":
@@ -63,16 +77,25 @@ class EasyTune(Method):
         self.weighting = weighting
         self.variant = variant
         self.frozen_sampler = variant == "chain"
+        # the trainer passes alphas_cumprod (alpha_bar of each timestep) to the plan of a method that asks
+        self.wants_schedule = weighting == "snr"
 
     def plan(
-        self, timesteps: Sequence[int], generator: torch.Generator, prediction_type: str = "epsilon"
+        self,
+        timesteps: Sequence[int],
+        generator: torch.Generator,
+        prediction_type: str = "epsilon",
+        alphas_cumprod: Sequence[float] | None = None,
     ) -> list[StepPlan]:
         n = len(timesteps)
         check_fits("EasyTune", "k", self.k, n)
         selected = list(range(n - self.k, n))
-        weights = dict(zip(selected, step_weights(self.weighting, selected, timesteps)))
+        weights = dict(zip(selected, step_weights(self.weighting, selected, timesteps, alphas_cumprod)))
+        normalize = self.weighting == "gradnorm"
         return [
-            StepPlan(i, grad=True, reward_on="x0_hat", weight=weights[i], update=True)
+            StepPlan(
+                i, grad=True, reward_on="x0_hat", weight=weights[i], update=True, normalize_grad=normalize
+            )
             if i in weights
             else StepPlan(i)
             for i in range(n)

@@ -60,7 +60,12 @@ METHODS: tuple[MethodInfo, ...] = (
         "easytune", "EasyTune", "easytune.methods.easytune:EasyTune", "k",
         (
             _K,
-            MethodOption("weighting", str, "EasyTune: per-step loss weights", ("uniform", "early", "late")),
+            MethodOption(
+                "weighting",
+                str,
+                "EasyTune: per-step loss weights (snr, gradnorm: adaptive)",
+                ("uniform", "early", "late", "snr", "gradnorm"),
+            ),
             MethodOption("variant", str, "EasyTune: step or chain optimisation", ("step", "chain")),
         ),
         "an update at each of the last K steps on the one-step prediction",
