@@ -312,13 +312,13 @@ def pretrain(
         "std": torch.as_tensor(dataset.std),
     }
     t0 = time.perf_counter()
-    last_loss: dict[int, float] = {}  # step -> loss, for the checkpoint's meta
+    last = {"loss": float("nan")}  # the loss of the last step run, for the checkpoint's meta
 
     def save(step: int) -> None:
         ckpt_out = {
             "state_dict": stage.state_dict(),
             "config": config,
-            "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": last_loss[step]},
+            "meta": {**meta, "seconds": seconds_before + time.perf_counter() - t0, "loss": last["loss"]},
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "step": step,
@@ -344,8 +344,7 @@ def pretrain(
         return {"loss": loss.detach(), **parts, "lr": lr}
 
     def on_step(s: int, stats: dict[str, float]) -> None:
-        last_loss.clear()
-        last_loss[s] = stats["loss"]
+        last["loss"] = stats["loss"]
         if callback is not None:
             callback(s, stats)
 
