@@ -79,3 +79,18 @@ def test_method_rows_easytune_memory_is_flat_in_k_draft_grows():
     assert d3["saved_bytes"] > e3["saved_bytes"]
     # Peak of live tensors: flat up to a few scalar bookkeeping tensors (K=3 keeps a couple of extra floats).
     assert abs(e3["peak_bytes"] - e1["peak_bytes"]) <= 1e-3 * e1["peak_bytes"]
+
+
+def test_cases_carry_method_options():
+    """``easytune-10:weighting=snr``: the benchmarks compare a method's options (issue 17's weightings)."""
+    snr, late = parse_cases("easytune-10:weighting=snr,easytune-4:weighting=late:variant=chain")
+    assert snr.label == "EasyTune-10:weighting=snr" and snr.build().weighting == "snr" and snr.build().k == 10
+    assert late.build().variant == "chain" and late.options == (("weighting", "late"), ("variant", "chain"))
+    for bad, message in (
+        ("easytune-10:weighting", "is not OPTION=VALUE"),
+        ("easytune-10:colour=red", "is not OPTION=VALUE"),
+        ("easytune-10:k=x", "not a int"),
+        ("easytune-10:weighting=sideways", "weighting"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_cases(bad)[0].build()

@@ -52,6 +52,7 @@ class MethodCase:
 
     method: str
     k: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # other method options, e.g. (("weighting", "snr"),)
 
     def __post_init__(self) -> None:
         from easytune.methods import registry
@@ -62,7 +63,7 @@ class MethodCase:
     def label(self) -> str:
         from easytune.methods import registry
 
-        return registry.label(self.method, self.k)
+        return registry.label(self.method, self.k) + "".join(f":{k}={v}" for k, v in self.options)
 
     def build(self) -> Any:
         from easytune.methods import registry
@@ -70,26 +71,44 @@ class MethodCase:
         entry = registry.info(self.method)
         if self.k is not None and entry.count is None:
             raise ConfigError(f"{entry.label} takes no K (its backprop start is drawn per trajectory)")
-        return registry.build(entry.name, **({entry.count: self.k} if self.k is not None else {}))
+        count = {entry.count: self.k} if self.k is not None else {}
+        return registry.build(entry.name, **count, **dict(self.options))
 
 
 def parse_cases(text: str) -> list[MethodCase]:
-    """``"easytune-10,draft-50,alignprop"`` -> cases: method specs of ``easytune.methods.registry``
-    (case-insensitive), comma-separated."""
+    """``"easytune-10,draft-50,alignprop,easytune-10:weighting=snr"`` -> cases: method specs of
+    ``easytune.methods.registry`` (case-insensitive), comma-separated, each optionally followed by
+    ``:option=value`` method options (typed by the registry)."""
     from easytune.methods import registry
 
     cases = []
     for item in (x.strip() for x in text.split(",")):
         if not item:
             continue
+        spec, *pairs = item.split(":")
+        options = []
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            opt = registry.options().get(key)
+            if not sep or opt is None:
+                raise ConfigError(
+                    f"--cases: {pair!r} in {item!r} is not OPTION=VALUE with an option among "
+                    f"{sorted(registry.options())}"
+                )
+            try:
+                options.append((key, opt.type(value)))
+            except ValueError:
+                raise ConfigError(
+                    f"--cases: {key}={value!r} in {item!r}: not a {opt.type.__name__}"
+                ) from None
         try:
-            name, count = registry.parse_spec(item)
+            name, count = registry.parse_spec(spec)
         except ConfigError as e:
             raise ConfigError(
                 f"--cases: {e} (in {item!r}; expected one of {list(registry.names())} optionally followed by "
                 "-K, e.g. easytune-10)"
             ) from None
-        cases.append(MethodCase(name, count))
+        cases.append(MethodCase(name, count, tuple(options)))
     if not cases:
         raise ConfigError("--cases: no method given")
     return cases

@@ -36,6 +36,7 @@ def reward_curve(
     checkpoint: str | None = None,
     reward_checkpoint: str | None = None,
     max_steps: int = 10_000,
+    options: tuple[tuple[str, Any], ...] = (),
 ) -> dict[str, Any]:
     """Train one method for ``budget_s`` seconds of training time (paused during evaluations), measured
     on the run's clock: process CPU seconds on a CPU device (other processes sharing the cores do not
@@ -56,7 +57,7 @@ def reward_curve(
         finally:
             setup.seed = seed
 
-    trainer = setup.trainer(MethodCase(method, k).build(), lr=lr)
+    trainer = setup.trainer(MethodCase(method, k, options).build(), lr=lr)
     wall, cpu, rewards, updates, n = [0.0], [0.0], [evaluate()], 0, 0
     while (cpu if clock == "cpu" else wall)[-1] < budget_s and n < max_steps:
         cpu0 = time.process_time()
@@ -147,6 +148,7 @@ def run_time_to_reward(
             seed,
             checkpoint,
             reward_checkpoint,
+            options=case.options,
         )
         if start_reward is None:
             start_reward = curve["reward"][0]
