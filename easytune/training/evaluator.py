@@ -108,6 +108,7 @@ def train_evaluator(
         run_dir=run_dir_of(out),
         run_config=cfg,
         wandb=wandb,
+        keep=(),  # the rows go to the run log; a long run holds none in memory
     )
     return model.freeze()
 

@@ -345,6 +345,7 @@ class Run:
                 clock=lambda: self.elapsed,
                 on_step=logged,
                 run_log=run_log,
+                keep=(),  # self.history holds the rows (they are checkpointed)
             )
         finally:
             if run_log is not None:

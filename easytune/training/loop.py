@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,7 @@ def fit(
     run_config: Any = None,
     wandb: str | None = None,
     run_log: Any = None,
+    keep: Sequence[str] | None = None,
 ) -> FitResult:
     """Run ``step_fn(s)`` for ``s = start + 1 .. steps`` (it does the update and returns its stats) and call
     ``save(s)`` every ``ckpt_every`` steps and after the last step run (also when the time budget ends the
@@ -264,7 +265,8 @@ def fit(
     ``run_dir``: the run's log directory (``easytune.training.tracking.RunLog``: metrics.jsonl, TensorBoard,
     ``run_config`` as config.yaml, optional ``wandb`` project), made after the checks and closed at the end;
     or ``run_log``, a ``RunLog`` the caller made (and closes). One row per step, written before
-    ``on_step``."""
+    ``on_step``. ``keep``: the stats ``FitResult.history`` holds per step (None: all; ``()``: no history,
+    for long runs whose rows go to the run log)."""
     if start >= steps:
         raise ConfigError(
             f"{desc}: already at step {start} of {steps}; pass --steps above it to train further"
@@ -285,7 +287,10 @@ def fit(
                 log.info("%s: time budget of %.0f s reached after %d steps", desc, time_budget, result.last)
                 break
             stats = _floats(step_fn(s))
-            result.history.append((s, stats))
+            if keep is None:
+                result.history.append((s, stats))
+            elif keep:
+                result.history.append((s, {k: stats[k] for k in keep if k in stats}))
             result.last = s
             for k, v in stats.items():
                 window[k] = window.get(k, 0.0) + v

@@ -360,6 +360,7 @@ def pretrain(
         log_every=opts.log_every,
         show_progress=opts.show_progress,
         on_step=on_step,
+        keep=("loss",),  # PretrainResult.losses
         run_dir=run_dir_of(opts.out),
         run_config=opts,
         wandb=opts.wandb,

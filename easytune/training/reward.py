@@ -258,6 +258,7 @@ def train_reward_model(
         run_dir=run_dir_of(out),
         run_config=cfg,
         wandb=wandb,
+        keep=(),  # the rows go to the run log; a long run holds none in memory
     )
     return model
 
