@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define EASYTUNE_CUDA_ABI_VERSION 1
+#define EASYTUNE_CUDA_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define EASYTUNE_API __declspec(dllexport)
@@ -34,7 +34,15 @@ enum EasytuneStatus {
 
 enum EasytuneDtype { EASYTUNE_FLOAT32 = 0, EASYTUNE_FLOAT16 = 1, EASYTUNE_BFLOAT16 = 2 };
 
-enum EasytunePrediction { EASYTUNE_EPSILON = 0, EASYTUNE_SAMPLE = 1, EASYTUNE_V_PREDICTION = 2 };
+// 3, 4: flow matching (x_t = (1 - sigma) x0 + sigma eps), velocity and x0 outputs; alpha_t / alpha_prev
+// then carry sigma_t / sigma_next and eta must be 0.
+enum EasytunePrediction {
+  EASYTUNE_EPSILON = 0,
+  EASYTUNE_SAMPLE = 1,
+  EASYTUNE_V_PREDICTION = 2,
+  EASYTUNE_FLOW_PREDICTION = 3,
+  EASYTUNE_FLOW_SAMPLE = 4
+};
 
 /* ---- library information ---- */
 EASYTUNE_API int easytune_cuda_abi_version(void);

@@ -1,4 +1,5 @@
-// Fused classifier-free guidance + DDIM step, forward and backward (math: easytune/ops/guided_step.py).
+// Fused classifier-free guidance + DDIM or flow Euler step, forward and backward (math:
+// easytune/ops/guided_step.py; for the flow codes alpha_t / alpha_prev carry sigma_t / sigma_next).
 //
 // Per sample b the step is linear in the guided output g and the sample x:
 //   x0 = x0_g g + x0_x x,  eps = eps_g g + eps_x x,  prev = prev_g g + prev_x x + std noise,
@@ -13,6 +14,10 @@ struct StepCoef {
 };
 
 __device__ __forceinline__ StepCoef step_coef(float a, float a_prev, int prediction, float eta) {
+  if (prediction == EASYTUNE_FLOW_PREDICTION)  // a = sigma, a_prev = sigma_next: prev = x + (s' - s) v
+    return {-a, 1.0f, a_prev - a, 1.0f, 0.0f};
+  if (prediction == EASYTUNE_FLOW_SAMPLE)  // x0 = g, eps = (x - (1-s) g) / s, prev = (1-s') x0 + s' eps
+    return {1.0f, 0.0f, (1.0f - a_prev) - a_prev * (1.0f - a) / a, a_prev / a, 0.0f};
   const float sa = sqrtf(a), sb = sqrtf(1.0f - a);
   float x0_g, x0_x, eps_g, eps_x;
   if (prediction == EASYTUNE_EPSILON) {  // eps = g, x0 = (x - sqrt(1-a) g) / sqrt(a)
@@ -146,9 +151,9 @@ int check_sizes(const char* op, int64_t batch, int64_t per_sample, int predictio
   if (batch < 0 || per_sample < 0)
     return set_error(EASYTUNE_CUDA_ERR_INVALID, "%s: batch (%lld) and per_sample (%lld) must be >= 0", op,
                      static_cast<long long>(batch), static_cast<long long>(per_sample));
-  if (prediction < EASYTUNE_EPSILON || prediction > EASYTUNE_V_PREDICTION)
-    return set_error(EASYTUNE_CUDA_ERR_INVALID, "%s: prediction code %d is not 0 (epsilon), 1 (sample) or "
-                     "2 (v_prediction)", op, prediction);
+  if (prediction < EASYTUNE_EPSILON || prediction > EASYTUNE_FLOW_SAMPLE)
+    return set_error(EASYTUNE_CUDA_ERR_INVALID, "%s: prediction code %d is not 0 (epsilon), 1 (sample), "
+                     "2 (v_prediction), 3 (flow_prediction) or 4 (flow_sample)", op, prediction);
   return EASYTUNE_CUDA_OK;
 }
 

@@ -1,8 +1,8 @@
 """A loaded text-to-motion model ready to sample or fine-tune: ``load_pipeline(ckpt)`` -> ``MotionPipeline``.
 
-One object bundles the model with its text encoder, DDIM scheduler, guidance scale and dataset statistics (a
-diffusers-style pipeline); the MLD / MDM differences are answered by the model's family adapter
-(``easytune.models.families``), chosen once at load, so nothing here branches on the family.
+One object bundles the model with its text encoder, sampling scheduler (DDIM or flow Euler), guidance scale
+and dataset statistics (a diffusers-style pipeline); the MLD / MDM differences are answered by the model's
+family adapter (``easytune.models.families``), chosen once at load, so nothing here branches on the family.
 
 Sampled motions are returned de-normalised (``new_joint_vecs`` format) by ``sample``; everything else works
 on normalised features.
@@ -23,6 +23,11 @@ from easytune.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
 from easytune.errors import CheckpointError, ConfigError
 from easytune.models.families import FAMILIES, MAX_FRAMES, ModelFamily
 
+# the embedded base models: name -> (file in easytune/assets, what it is)
+EMBEDDED_BASES = {
+    "default": ("mld_tiny.pt", "MLD model"),
+    "default-flow": ("mld_tiny_flow.pt", "flow-matching MLD model"),
+}
 log = logging.getLogger("easytune.generation")
 
 __all__ = ["MAX_FRAMES", "MotionPipeline", "load_pipeline"]
@@ -164,16 +169,21 @@ def load_pipeline(
     use_ema: bool = True,
     device: str | torch.device = "cpu",
 ) -> MotionPipeline:
-    """Load an MLD or MDM checkpoint (``"default"``: the embedded tiny MLD) with everything sampling needs.
+    """Load an MLD or MDM checkpoint (``"default"``: the embedded tiny MLD; ``"default-flow"``: its
+    flow-matching twin on the same VAE) with everything sampling needs.
 
     Reference checkpoints carry no text encoder, scheduler or statistics: the preset defaults apply,
     ``text_encoder`` must name an encoder of the right width and ``data`` must give Mean/Std.
     """
     from easytune.data.humanml import load_mean_std
-    from easytune.diffusion import DDIMScheduler
+    from easytune.diffusion import is_flow, sampling_scheduler
     from easytune.text import build_text_encoder
 
-    path = resolve_checkpoint(ckpt, "mld_tiny.pt", "MLD model")
+    name = str(ckpt)
+    if name in EMBEDDED_BASES:
+        path = resolve_checkpoint("default", EMBEDDED_BASES[name][0], EMBEDDED_BASES[name][1])
+    else:
+        path = Path(ckpt)
     raw = load_checkpoint(path)
     config = dict(raw.get("config") or {})
     state = raw.get("state_dict", raw)
@@ -209,9 +219,10 @@ def load_pipeline(
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
     else:
         raise ConfigError(f"{path}: no dataset Mean/Std in the checkpoint; pass --data DIR to de-normalise")
-    scheduler = DDIMScheduler.from_config(config.get("scheduler") or family.default_scheduler)
+    scheduler = sampling_scheduler(config.get("scheduler") or family.default_scheduler)
     if (
-        not scheduler.config.set_alpha_to_one
+        not is_flow(scheduler)
+        and not scheduler.config.set_alpha_to_one
         and scheduler.config.steps_offset == 0
         and scheduler.config.timestep_spacing == "leading"
     ):

@@ -51,12 +51,23 @@ def ensure_dataset(path: str | None, clips: int = 600, seed: int = 0) -> Path:
     return root
 
 
-def build_assets(out: Path, data: Path) -> dict[str, str]:
-    """Replay ``build_assets.sh`` into ``out``; returns the checkpoint paths it wrote."""
+def build_assets(out: Path, data: Path, flow: bool = False) -> dict[str, str]:
+    """Replay ``build_assets.sh`` into ``out`` (``flow``: the base is the flow-matching twin, built too);
+    returns the checkpoint paths it wrote: ``base``, ``reward``, ``evaluator``."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OUT": str(out), "DATA": str(data), "EASYTUNE": f"{sys.executable} -m easytune.cli"}
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "DATA": str(data),
+        "EASYTUNE": f"{sys.executable} -m easytune.cli",
+        "FLOW": "1" if flow else "0",
+    }
     subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, env=env)
-    return {name: str(out / f"{name}.pt") for name in ("mld_tiny", "reward", "evaluator")}
+    base = "mld_tiny_flow" if flow else "mld_tiny"
+    return {
+        key: str(out / f"{name}.pt")
+        for key, name in (("base", base), ("reward", "reward"), ("evaluator", "evaluator"))
+    }
 
 
 def _evaluate(
@@ -130,10 +141,10 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = ensure_dataset(cfg.data)
-    ckpts = {"mld_tiny": cfg.base, "reward": cfg.reward, "evaluator": cfg.evaluator}
+    ckpts = {"base": cfg.base, "reward": cfg.reward, "evaluator": cfg.evaluator}
     if from_scratch:
-        ckpts = build_assets(out / "assets", data)
-    base = load_pipeline(ckpts["mld_tiny"], data=data)
+        ckpts = build_assets(out / "assets", data, flow=cfg.base == "default-flow")
+    base = load_pipeline(ckpts["base"], data=data)
     reward_model = RewardModel.from_checkpoint(ckpts["reward"])
     evaluator = MotionTextEvaluator.from_checkpoint(ckpts["evaluator"])
     print(f"dataset {data}; checkpoints {ckpts}")
@@ -149,7 +160,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> list[di
         ft = FinetuneConfig(
             method=method,
             method_options={"k": cfg.k},
-            base=ckpts["mld_tiny"],
+            base=ckpts["base"],
             reward=ckpts["reward"],
             data=str(data),
             out=str(out / method),

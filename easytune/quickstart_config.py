@@ -24,7 +24,9 @@ class QuickstartConfig:
     eval_replications: int = option(1, "evaluation replications (the papers use 20)")
     seed: int = option(0, "seed of data, prompts and noise")
     gif_prompts: int = option(3, "test prompts rendered before/after as GIFs")
-    base: str = option("default", "MLD checkpoint ('default': the embedded tiny MLD)")
+    base: str = option(
+        "default", "MLD checkpoint ('default': the embedded tiny MLD, 'default-flow': its flow-matching twin)"
+    )
     reward: str = option("default", "reward checkpoint ('default': the embedded SPL model)")
     evaluator: str = option("default", "evaluator checkpoint ('default': the embedded evaluator)")
 

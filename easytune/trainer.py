@@ -1,16 +1,18 @@
-"""``Trainer.step(batch)``: sample one DDIM trajectory, let the method decide, back-propagate, update.
+"""``Trainer.step(batch)``: sample one trajectory (DDIM or flow Euler), let the method decide, back-propagate,
+update.
 
 The trainer sees only callables, so it is drop-in for any model:
 
-- ``denoise_fn(x_t [B, ...], t int64 [B], cond) -> output [B, ...]`` in the scheduler's prediction type;
+- ``denoise_fn(x_t [B, ...], t [B], cond) -> output [B, ...]`` in the scheduler's prediction type (t int64
+  for DDIM, float32 ``sigma * num_train_timesteps`` for a flow scheduler);
   with guidance it is called once per step on the doubled batch ``cat[x, x], cat[t, t], cat[cond, uncond]``.
 - ``decode_fn(x0 [B, ...], batch) -> sample`` (optional, e.g. the VAE decoder of a latent model).
 - ``reward_fn(sample, batch) -> Tensor [B]``: one differentiable reward per sample; every loss term is
   ``-lambda_t * reward_weight * reward.mean()`` (a mean over the batch, never a per-sample scalar).
 
-Each step runs ``easytune.ops.guided_step`` (guidance + x0_hat + DDIM step) with per-sample alphas from
-``scheduler.alpha_pair``. What carries gradients, where the loss terms are and when the optimizer steps
-is the method's ``StepPlan`` list (see ``easytune.methods``).
+Each step runs ``easytune.ops.guided_step`` (guidance + x0_hat + DDIM or Euler step) with per-sample alphas
+(a flow's sigmas) from ``scheduler.step_levels``. What carries gradients, where the loss terms are and when
+the optimizer steps is the method's ``StepPlan`` list (see ``easytune.methods``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from easytune.diffusion import DDIMScheduler, GuidedStep
+from easytune.diffusion import DDIMScheduler, FlowMatchEulerDiscreteScheduler, GuidedStep, sampling_scheduler
 from easytune.errors import ConfigError, NonFiniteError, NonFiniteLossError
 from easytune.methods import Method, StepPlan
 from easytune.train_utils import check_finite, likely_cause, non_finite_weight_error, weights_finite
@@ -33,17 +35,23 @@ RewardFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
 DecodeFn = Callable[[torch.Tensor, Mapping[str, Any]], Any]
 
 
-def _as_ddim(scheduler: Any, num_inference_steps: int | None) -> DDIMScheduler:
-    """An easytune DDIMScheduler (a diffusers DDIMScheduler is converted through its config)."""
-    if not isinstance(scheduler, DDIMScheduler):
-        if type(scheduler).__name__ != "DDIMScheduler" or not hasattr(scheduler, "config"):
+SAMPLERS = (DDIMScheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def _as_sampler(
+    scheduler: Any, num_inference_steps: int | None
+) -> DDIMScheduler | FlowMatchEulerDiscreteScheduler:
+    """An easytune DDIM or flow Euler scheduler (a diffusers one is converted through its config)."""
+    if not isinstance(scheduler, SAMPLERS):
+        names = [cls.__name__ for cls in SAMPLERS]
+        if type(scheduler).__name__ not in names or not hasattr(scheduler, "config"):
             raise ConfigError(
-                f"Trainer: scheduler must be an easytune or diffusers DDIMScheduler, got "
-                f"{type(scheduler).__name__} (fine-tuning samples with DDIM; build one with "
-                "easytune.diffusion.DDIMScheduler.from_config(your_scheduler))"
+                f"Trainer: scheduler must be an easytune or diffusers {' or '.join(names)}, got "
+                f"{type(scheduler).__name__} (fine-tuning samples with DDIM or the flow Euler step; build "
+                "one with easytune.diffusion.sampling_scheduler(your_scheduler))"
             )
         steps = scheduler.num_inference_steps
-        scheduler = DDIMScheduler.from_config(scheduler.config)
+        scheduler = sampling_scheduler({"_class_name": type(scheduler).__name__, **scheduler.config})
         if steps is not None:
             scheduler.set_timesteps(steps)
     if num_inference_steps is not None:
@@ -78,7 +86,8 @@ class Trainer:
 
     Args:
         denoise_fn, scheduler, reward_fn: see the module docstring; ``scheduler`` is an easytune or diffusers
-            ``DDIMScheduler`` with ``set_timesteps`` done (or pass ``num_inference_steps``).
+            ``DDIMScheduler`` or ``FlowMatchEulerDiscreteScheduler`` with ``set_timesteps`` done (or pass
+            ``num_inference_steps``).
         method: an ``easytune.methods.Method`` (EasyTune, DRaFT, DRaFTLV, ReFL, DRTune, AlignProp).
         optimizer: over the trainable parameters that ``denoise_fn`` uses.
         guidance_scale: CFG weight w (used when the batch has ``uncond``).
@@ -131,7 +140,7 @@ class Trainer:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"Trainer: {name} must be a finite number >= 0, got {value!r}")
         self.denoise_fn = denoise_fn
-        self.scheduler = _as_ddim(scheduler, num_inference_steps)
+        self.scheduler = _as_sampler(scheduler, num_inference_steps)
         self.reward_fn = reward_fn
         self.method = method
         self.optimizer = optimizer
@@ -214,8 +223,8 @@ class Trainer:
         timesteps = steps.timesteps
         cond_in = steps.conditions(cond, uncond)  # cat[cond, uncond], once per trajectory
         if getattr(self.method, "wants_schedule", False):  # alpha_bar of each timestep (host values)
-            table = self.scheduler.alphas_cumprod
-            schedule = {"alphas_cumprod": [float(table[int(t)]) for t in timesteps]}
+            table = self.scheduler.alphas_cumprod_of(torch.tensor(timesteps))
+            schedule = {"alphas_cumprod": table.tolist()}
         else:
             schedule = {}
         plans = self.method.plan(timesteps, self.generator, steps.prediction_type, **schedule)

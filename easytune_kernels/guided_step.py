@@ -12,7 +12,9 @@ linear in (guided, sample):
 
 so the forward reads cond/uncond/sample(/noise) once and writes guided, x0_hat, prev once, and the
 backward reads the gradients of the outputs that are used and writes d cond, d uncond, d sample.
-Formulas: ``easytune.ops.guided_step`` (the reference, diffusers' DDIM step).
+For the flow prediction types the two per-sample numbers are sigma_t and sigma_next and
+``prev = (1 - s_next) * x0_hat + s_next * eps`` (the Euler step; no noise term).
+Formulas: ``easytune.ops.guided_step`` (the reference, diffusers' DDIM and flow Euler steps).
 """
 
 import torch
@@ -21,7 +23,7 @@ import triton.language as tl
 
 from easytune_kernels._common import autotune_configs, distinct
 
-PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2, "flow_prediction": 3, "flow_sample": 4}
 
 
 def _configs() -> list[triton.Config]:
@@ -36,27 +38,42 @@ def _coefficients(A_T, A_PREV, b, eta, PRED: tl.constexpr):
     """Per-sample fp32 coefficients (kx0_g, kx0_x, kp_g, kp_x, std) of x0_hat and prev."""
     a = tl.load(A_T + b).to(tl.float32)
     a_prev = tl.load(A_PREV + b).to(tl.float32)
-    sa = tl.sqrt(a)
-    sb = tl.sqrt(1.0 - a)
-    if PRED == 0:  # epsilon: x0 = (x - sb * g) / sa, eps = g
-        kx0_g = -sb / sa
-        kx0_x = 1.0 / sa
-        ke_g = 1.0
-        ke_x = 0.0
-    elif PRED == 1:  # sample: x0 = g, eps = (x - sa * g) / sb
+    if PRED == 3:  # flow velocity (a = sigma, a_prev = sigma_next): x0 = x - s g, prev = x + (s' - s) g
+        kx0_g = -a
+        kx0_x = 1.0
+        kp_g = a_prev - a
+        kp_x = 1.0
+        std = 0.0
+    elif PRED == 4:  # flow x0: x0 = g, eps = (x - (1 - s) g) / s, prev = (1 - s') x0 + s' eps
         kx0_g = 1.0
         kx0_x = 0.0
-        ke_g = -sa / sb
-        ke_x = 1.0 / sb
-    else:  # v_prediction: x0 = sa * x - sb * g, eps = sa * g + sb * x
-        kx0_g = -sb
-        kx0_x = sa
-        ke_g = sa
-        ke_x = sb
-    std = eta * tl.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
-    c_dir = tl.sqrt(1.0 - a_prev - std * std)
-    s_prev = tl.sqrt(a_prev)
-    return kx0_g, kx0_x, s_prev * kx0_g + c_dir * ke_g, s_prev * kx0_x + c_dir * ke_x, std
+        kp_g = (1.0 - a_prev) - a_prev * (1.0 - a) / a
+        kp_x = a_prev / a
+        std = 0.0
+    else:
+        sa = tl.sqrt(a)
+        sb = tl.sqrt(1.0 - a)
+        if PRED == 0:  # epsilon: x0 = (x - sb * g) / sa, eps = g
+            kx0_g = -sb / sa
+            kx0_x = 1.0 / sa
+            ke_g = 1.0
+            ke_x = 0.0
+        elif PRED == 1:  # sample: x0 = g, eps = (x - sa * g) / sb
+            kx0_g = 1.0
+            kx0_x = 0.0
+            ke_g = -sa / sb
+            ke_x = 1.0 / sb
+        else:  # v_prediction: x0 = sa * x - sb * g, eps = sa * g + sb * x
+            kx0_g = -sb
+            kx0_x = sa
+            ke_g = sa
+            ke_x = sb
+        std = eta * tl.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+        c_dir = tl.sqrt(1.0 - a_prev - std * std)
+        s_prev = tl.sqrt(a_prev)
+        kp_g = s_prev * kx0_g + c_dir * ke_g
+        kp_x = s_prev * kx0_x + c_dir * ke_x
+    return kx0_g, kx0_x, kp_g, kp_x, std
 
 
 @triton.autotune(configs=_configs(), key=["N"])

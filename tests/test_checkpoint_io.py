@@ -135,7 +135,7 @@ def test_every_model_config_is_read_by_one_loader_naming_the_file_and_field(tmp_
     assert config_from_dict(_Config, {"width": 5}, "here") == _Config(5)
 
 
-@pytest.mark.parametrize("asset", ["mld_tiny.pt", "reward.pt", "evaluator.pt"])
+@pytest.mark.parametrize("asset", ["mld_tiny.pt", "mld_tiny_flow.pt", "reward.pt", "evaluator.pt"])
 def test_export_round_trips_through_safetensors_and_every_loader_reads_it(tmp_path, asset, capsys):
     """Issue 16: ``easytune export`` writes NAME.safetensors + NAME.json by default; the loaders give the
     same model as from the .pt (same weights, config, outputs)."""
@@ -155,7 +155,7 @@ def test_export_round_trips_through_safetensors_and_every_loader_reads_it(tmp_pa
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["config"] == json.loads(json.dumps(b["config"]))
-    if asset == "mld_tiny.pt":
+    if asset.startswith("mld_tiny"):
         from easytune.generation import load_pipeline
 
         x, y = (
@@ -215,3 +215,17 @@ def test_no_loader_runs_pickled_code(tmp_path, loader):
             _loaders()[loader](path)
         assert str(path) in str(info.value)
     assert not marker.exists()
+
+
+def test_the_embedded_models_stay_under_5_mb_and_load_without_a_dataset():
+    """The wheel ships them (issue 17: the flow twin too); each carries its own Mean/Std."""
+    from easytune.checkpoint import ASSETS
+    from easytune.generation import EMBEDDED_BASES, load_pipeline
+
+    sizes = {p.name: p.stat().st_size for p in ASSETS.glob("*.pt")}
+    assert {"mld_tiny.pt", "mld_tiny_flow.pt", "reward.pt", "evaluator.pt"} <= set(sizes)
+    assert all(size < 5_000_000 for size in sizes.values()), sizes
+    for name, (file, _) in EMBEDDED_BASES.items():
+        pipe = load_pipeline(name)
+        assert pipe.data_dir is None and pipe.mean.shape == (263,)
+        assert file in sizes

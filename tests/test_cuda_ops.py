@@ -126,23 +126,33 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, sca
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=tol, rtol=tol)
 
 
-def _alphas(batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _alphas(batch: int, device: str, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+    if prediction_type.startswith("flow"):  # sigma_t in [0.05, 1], sigma_next in [0, sigma_t)
+        sigma = torch.rand(batch, dtype=torch.float64) * 0.95 + 0.05
+        sigma[0] = 1.0
+        return sigma.to(device), (sigma * torch.rand(batch, dtype=torch.float64)).to(device)
     a_t = torch.rand(batch, dtype=torch.float64) * 0.7 + 0.2
     a_prev = a_t + (1 - a_t) * torch.rand(batch, dtype=torch.float64) * 0.9
     return a_t.to(device), a_prev.to(device)
 
 
+PREDICTION_TYPES = ["epsilon", "sample", "v_prediction", "flow_prediction", "flow_sample"]
+DETERMINISTIC = "the flow step is deterministic: eta > 0 is refused (test_ops_reference)"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(
     ("shape", "guided", "eta"),
     [((3, 4, 8), True, 0.0), ((3, 4, 8), True, 0.7), ((5, 7, 3), False, 1.0), ((2, 33), True, 0.3)],
 )
 def test_guided_step_forward(backend, dtype, prediction_type, shape, guided, eta):
+    if prediction_type.startswith("flow") and eta > 0:
+        pytest.skip(DETERMINISTIC)
     dev = backend.device
     cond, uncond, sample, noise = (torch.randn(shape, device=dev).to(dtype) for _ in range(4))
     uncond = uncond if guided else None
-    a_t, a_prev = _alphas(shape[0], dev)
+    a_t, a_prev = _alphas(shape[0], dev, prediction_type)
     out = backend.guided_step(
         cond,
         uncond,
@@ -170,14 +180,17 @@ def test_guided_step_forward(backend, dtype, prediction_type, shape, guided, eta
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(("guided", "grad_noise"), [(True, True), (True, False), (False, False)])
 def test_guided_step_backward(backend, dtype, prediction_type, guided, grad_noise):
+    if prediction_type.startswith("flow") and grad_noise:
+        pytest.skip(DETERMINISTIC)
     dev, shape = backend.device, (3, 5, 8)
     leaves = [torch.randn(shape, device=dev).to(dtype).requires_grad_() for _ in range(4)]
     cond, uncond, sample, noise = leaves
     noise.requires_grad_(grad_noise)
-    a_t, a_prev = _alphas(3, dev)
+    a_t, a_prev = _alphas(3, dev, prediction_type)
+    eta = 0.0 if prediction_type.startswith("flow") else 0.5
     weights = [torch.randn(shape, device=dev, dtype=torch.float64) for _ in range(3)]
 
     def loss(outputs):
@@ -191,7 +204,7 @@ def test_guided_step_backward(backend, dtype, prediction_type, guided, grad_nois
         a_prev,
         guidance_scale=3.0,
         prediction_type=prediction_type,
-        eta=0.5,
+        eta=eta,
         noise=noise,
     )
     inputs = [cond, sample] + ([uncond] if guided else []) + ([noise] if grad_noise else [])
@@ -208,7 +221,7 @@ def test_guided_step_backward(backend, dtype, prediction_type, guided, grad_nois
         a_prev,
         3.0,
         prediction_type,
-        0.5,
+        eta,
         by_name.get("noise", noise.detach().double()),
     )
     expected = torch.autograd.grad(loss(ref), doubles)

@@ -23,11 +23,14 @@ pytestmark = [
 ]
 
 
-def _inputs(dtype, shape=(3, 7, 33), uncond=True, device="cpu"):
+def _inputs(dtype, shape=(3, 7, 33), uncond=True, device="cpu", flow=False):
     cond, un, sample, noise = (torch.randn(shape, device=device).to(dtype) for _ in range(4))
-    # per-sample alphas from a DDIM-like schedule, including a nearly clean and a very noisy step
-    a_t = torch.tensor([0.95, 0.5, 0.01], dtype=torch.float64, device=device)[: shape[0]]
-    a_prev = torch.tensor([0.99, 0.6, 0.05], dtype=torch.float64, device=device)[: shape[0]]
+    if flow:  # sigma_t, sigma_next of a flow schedule: the first, a middle and the last (to 0) step
+        a_t = torch.tensor([1.0, 0.5, 0.05], dtype=torch.float64, device=device)[: shape[0]]
+        a_prev = torch.tensor([0.96, 0.3, 0.0], dtype=torch.float64, device=device)[: shape[0]]
+    else:  # per-sample alphas from a DDIM-like schedule, including a nearly clean and a very noisy step
+        a_t = torch.tensor([0.95, 0.5, 0.01], dtype=torch.float64, device=device)[: shape[0]]
+        a_prev = torch.tensor([0.99, 0.6, 0.05], dtype=torch.float64, device=device)[: shape[0]]
     return cond, un if uncond else None, sample, noise, a_t, a_prev
 
 
@@ -61,7 +64,8 @@ def _run(cond, uncond, sample, noise, a_t, a_prev, grads, backend, guidance_scal
 
 
 def _check(dtype, prediction_type, eta, uncond, path, device="cpu", shape=(3, 7, 33)):
-    cond, un, sample, noise, a_t, a_prev = _inputs(dtype, shape, uncond, device)
+    flow = prediction_type.startswith("flow")
+    cond, un, sample, noise, a_t, a_prev = _inputs(dtype, shape, uncond, device, flow)
     grads = [torch.randn(shape, device=device) if on else None for on in PATHS[path]]
     kw = dict(guidance_scale=7.5, prediction_type=prediction_type, eta=eta)
     k_out, k_grad = _run(cond, un, sample, noise, a_t, a_prev, grads, "triton", **kw)
@@ -82,6 +86,18 @@ def _check(dtype, prediction_type, eta, uncond, path, device="cpu", shape=(3, 7,
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_triton_guided_step_matches_fp64_reference(prediction_type, eta, dtype):
     _check(dtype, prediction_type, eta, uncond=True, path="all")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("prediction_type", ["flow_prediction", "flow_sample"])
+def test_triton_flow_step_matches_fp64_reference(prediction_type, dtype):
+    _check(dtype, prediction_type, 0.0, uncond=True, path="all")
+
+
+@pytest.mark.parametrize("path", ["guided", "x0_hat", "prev"])
+@pytest.mark.parametrize("prediction_type", ["flow_prediction", "flow_sample"])
+def test_triton_flow_step_each_gradient_path(prediction_type, path):
+    _check(torch.float32, prediction_type, 0.0, uncond=True, path=path)
 
 
 @pytest.mark.parametrize("path", ["guided", "x0_hat", "prev"])

@@ -1,4 +1,5 @@
-"""Every method x every prediction type x {MLD-like latent, MDM-like frame} model through ``Trainer.step``.
+"""Every method x every prediction type (diffusion and flow matching) x {MLD-like latent, MDM-like frame}
+model through ``Trainer.step``.
 
 Over 20 trajectories (different random draws of ReFL / DRTune / AlignProp) each update must get a finite,
 non-negligible gradient and change the parameters. The MDM-like layout uses the MDM scheduler preset,
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 import easytune as et
-from easytune.diffusion import DDIMScheduler
+from easytune.diffusion import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from easytune.errors import ConfigError
 from easytune.models.presets import MDM_SCHEDULER, MLD_SCHEDULER
 
@@ -23,7 +24,7 @@ LAYOUTS = {
     # MDM: the features [B, 6, 5] themselves, no decoder
     "frame": {"shape": (6, 5), "scheduler": MDM_SCHEDULER, "decode": False},
 }
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction", "flow_sample")
 N_STEPS = 10
 METHODS = {
     "easytune-3": lambda: et.methods.EasyTune(k=3),
@@ -57,7 +58,10 @@ def _setup(layout: str, prediction_type: str, method: str, seed: int = 0):
     width = spec["shape"][1]
     model = Denoiser(width)
     decoder = nn.Linear(4 * 2, 6 * 5).requires_grad_(False) if spec["decode"] else None
-    sched = DDIMScheduler.from_config(spec["scheduler"], prediction_type=prediction_type)
+    if prediction_type.startswith("flow"):
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, prediction_type=prediction_type)
+    else:
+        sched = DDIMScheduler.from_config(spec["scheduler"], prediction_type=prediction_type)
     sched.set_timesteps(N_STEPS)
     target = torch.randn(B, 6, 5)
 

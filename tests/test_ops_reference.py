@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from easytune import ops
-from easytune.errors import BackendUnavailableError
+from easytune.errors import BackendUnavailableError, ConfigError
 
 
 def _inputs(B=3, H=2, Tq=7, Tk=9, D=16, dtype=torch.float64):
@@ -61,7 +61,44 @@ def test_reward_head_matches_cosine_similarity():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["flow_prediction", "flow_sample"])
+def test_flow_step_is_the_euler_step_of_the_interpolation(dtype, prediction_type):
+    """x0_hat and x_prev against the flow x_t = (1 - s) x0 + s eps written out in float64: the velocity
+    step is diffusers' ``x + (s_next - s) v`` bit for bit; x0-prediction lands on the same interpolation."""
+    g = torch.Generator().manual_seed(3)
+    x, c, u = (torch.randn(3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    sigma = torch.tensor([1.0, 0.6, 0.02], dtype=torch.float64)
+    sigma_next = torch.tensor([0.97, 0.4, 0.0], dtype=torch.float64)
+    guided = u + 4.0 * (c - u)
+    s, s_next = sigma[:, None, None], sigma_next[:, None, None]
+    if prediction_type == "flow_prediction":
+        x0, eps = x - s * guided, x + (1 - s) * guided
+    else:
+        x0, eps = guided, (x - (1 - s) * guided) / s
+    args = [t.to(dtype) for t in (c, u, x)]
+    for backend in ("math", None):
+        out = ops.guided_step(
+            *args, sigma, sigma_next, guidance_scale=4.0, prediction_type=prediction_type, backend=backend
+        )
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.1}[dtype]
+        for name, got, want in zip(
+            ("guided", "x0", "prev"), out, (guided, x0, (1 - s_next) * x0 + s_next * eps)
+        ):
+            torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=name)
+    if prediction_type == "flow_prediction" and dtype != torch.bfloat16:  # diffusers' arithmetic, same bits
+        s32, s_next32 = sigma.float(), sigma_next.float()  # its float32 tables; the difference taken there
+        xd, gd = args[2], args[1] + 4.0 * (args[0] - args[1])  # (diffusers upcasts bf16 to fp32)
+        expected = xd + (s_next32 - s32).to(dtype)[:, None, None] * gd
+        out = ops.guided_step(*args, s32, s_next32, guidance_scale=4.0, prediction_type=prediction_type)
+        assert torch.equal(out[2], expected)
+    with pytest.raises(ConfigError, match="deterministic; eta must be 0"):
+        ops.guided_step(*args, sigma, sigma_next, prediction_type=prediction_type, eta=0.5, noise=args[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "prediction_type", ["epsilon", "sample", "v_prediction", "flow_prediction", "flow_sample"]
+)
 def test_guided_step_math_backend_is_the_reference_bit_for_bit_at_eta_0(dtype, prediction_type):
     """The math backend skips the variance term when eta == 0 (it is exactly zero there); same bits."""
     import sys
@@ -78,6 +115,8 @@ def test_guided_step_math_backend_is_the_reference_bit_for_bit_at_eta_0(dtype, p
             c, uncond, x, a, a_prev, guidance_scale=7.5, prediction_type=prediction_type, backend="math"
         )
         assert all(torch.equal(r, o) for r, o in zip(ref, out))
+    if prediction_type.startswith("flow"):  # deterministic: no eta > 0 path
+        return
     noise = torch.randn(4, 6, 5, generator=g).to(dtype)  # eta > 0 takes the reference path itself
     ref = step.guided_step_ref(c, u, x, a, a_prev, 7.5, prediction_type, 0.5, noise)
     out = ops.guided_step(

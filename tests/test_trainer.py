@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import easytune as et
-from easytune.diffusion import DDIMScheduler
+from easytune.diffusion import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from easytune.errors import ConfigError, NonFiniteLossError
 
 MLD = dict(
@@ -685,3 +685,137 @@ def test_bad_library_inputs_are_named(fused):
             trainer().step(bad)
     with pytest.raises(ConfigError, match="floating rewards"):
         trainer(reward=lambda s, b: (reward_fn(s, b) > 0).long()).step(batch)
+
+
+# ------------------------------------------------------------------------------- flow-matching models
+# The same references for a flow model: x_t = (1 - s) x0 + s eps, the network predicts v = eps - x0 (or x0),
+# one Euler step x_next = x + (s_next - s) v; the sigmas read by hand from the scheduler's table.
+def make_flow_setup(n_steps=5, prediction_type="flow_prediction", seed=0):
+    model, _, batch = make_setup(n_steps, seed=seed)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, prediction_type=prediction_type)
+    sched.set_timesteps(n_steps)
+    return model, sched, batch
+
+
+def ref_sigmas(sched, i):
+    """(sigma_i, sigma_i+1) as stored: float32."""
+    return sched.sigmas[i], sched.sigmas[i + 1]
+
+
+def ref_flow(out, x, s, s_next, prediction_type="flow_prediction"):
+    """(x0_hat, x_next) of the guided output ``out``; the Euler step's sigma difference is taken in the
+    table's float32, as diffusers does (then exact in float64)."""
+    if prediction_type == "flow_prediction":
+        return x - s.double() * out, x + (s_next - s).double() * out
+    s, s_next = s.double(), s_next.double()
+    eps = (x - (1 - s) * out) / s
+    return out, (1 - s_next) * out + s_next * eps
+
+
+def test_flow_easytune_step_variant_equals_sequential_reference():
+    model, sched, batch = make_flow_setup()
+    ref_model = copy.deepcopy(model)
+    k = 3
+    trainer, opt = make_trainer(model, sched, et.methods.EasyTune(k=k))
+    assert trainer.step(batch)["updates"] == k and len(opt.applied) == k
+    ts = sched.timesteps.tolist()
+    assert all(isinstance(t, float) for t in ts)
+    x, upd = batch["x_T"], 0
+    for i, t in enumerate(ts):
+        s, s_next = ref_sigmas(sched, i)
+        if i >= len(ts) - k:
+            v = ref_eps(ref_model, x.detach(), t, batch, 3.0)
+            x0, x_next = ref_flow(v, x, s, s_next)
+            grads = torch.autograd.grad(-ref_reward(x0, batch).mean(), params_of(ref_model))
+            assert_grads(opt.applied[upd], grads)
+            sgd(ref_model, grads)
+            upd += 1
+            x = x_next.detach()
+        else:
+            with torch.no_grad():
+                x = ref_flow(ref_eps(ref_model, x, t, batch, 3.0), x, s, s_next)[1]
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("prediction_type", ["flow_prediction", "flow_sample"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_flow_draft_gradient_equals_autograd_through_the_chain(k, prediction_type):
+    model, sched, batch = make_flow_setup(prediction_type=prediction_type)
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.DRaFT(k=k))
+    trainer.step(batch)
+    x = batch["x_T"]
+    for i, t in enumerate(sched.timesteps.tolist()):
+        with torch.set_grad_enabled(i >= 5 - k):
+            x = ref_flow(ref_eps(ref_model, x, t, batch, 3.0), x, *ref_sigmas(sched, i), prediction_type)[1]
+    assert_grads(opt.applied[0], torch.autograd.grad(-ref_reward(x, batch).mean(), params_of(ref_model)))
+
+
+def test_flow_draft_lv_renoises_along_the_flow_interpolation():
+    n_lv = 3
+    model, sched, batch = make_flow_setup()
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.DRaFTLV(n=n_lv), seed=11)
+    trainer.step(batch)
+    ts = sched.timesteps.tolist()
+    x = batch["x_T"]
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            x = ref_flow(ref_eps(ref_model, x, t, batch, 3.0), x, *ref_sigmas(sched, i))[1]
+    gen = torch.Generator().manual_seed(11)
+    s, s_next = ref_sigmas(sched, len(ts) - 1)
+    total = 0
+    for _ in range(n_lv):
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        x_t = (1 - s.double()) * x + s.double() * noise
+        x_end = ref_flow(ref_eps(ref_model, x_t, ts[-1], batch, 3.0), x_t, s, s_next)[1]
+        total = total - ref_reward(x_end, batch).mean() / n_lv
+    assert_grads(opt.applied[0], torch.autograd.grad(total, params_of(ref_model)))
+
+
+def test_flow_refl_and_alignprop_match_their_references():
+    model, sched, batch = make_flow_setup(n_steps=8)
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.ReFL(m=4))
+    trainer.step(batch)
+    t_min = trainer.last_plan[-1].index
+    x = batch["x_T"]
+    for i, t in enumerate(sched.timesteps.tolist()[: t_min + 1]):
+        with torch.set_grad_enabled(i == t_min):
+            x0, x_next = ref_flow(ref_eps(ref_model, x, t, batch, 3.0), x, *ref_sigmas(sched, i))
+        x = x_next
+    assert_grads(opt.applied[0], torch.autograd.grad(-ref_reward(x0, batch).mean(), params_of(ref_model)))
+
+    model, sched, batch = make_flow_setup(n_steps=8)
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.AlignProp(mean=5.0, std=1.5, low=1, high=7), seed=3)
+    trainer.step(batch)
+    start = next(p.index for p in trainer.last_plan if p.grad)
+    x = batch["x_T"]
+    for i, t in enumerate(sched.timesteps.tolist()):
+        with torch.set_grad_enabled(i >= start):
+            x = ref_flow(ref_eps(ref_model, x, t, batch, 3.0), x, *ref_sigmas(sched, i))[1]
+    assert_grads(opt.applied[0], torch.autograd.grad(-ref_reward(x, batch).mean(), params_of(ref_model)))
+
+
+@pytest.mark.parametrize("prediction_type", ["flow_prediction", "flow_sample"])
+def test_flow_drtune_matches_its_reference(prediction_type):
+    """Velocity: x0_hat = x - s v is affine in x_t, so the early stop keeps its input detached; x0
+    prediction (flow_sample): the early stop keeps its input attached, as for DDIM's ``sample``."""
+    model, sched, batch = make_flow_setup(n_steps=10, prediction_type=prediction_type)
+    ref_model = copy.deepcopy(model)
+    trainer, opt = make_trainer(model, sched, et.methods.DRTune(k=3, m=4), seed=1)
+    trainer.step(batch)
+    plan = trainer.last_plan
+    t_min, trained = plan[-1].index, {p.index for p in plan[:-1] if p.grad}
+    attached = prediction_type == "flow_sample"
+    assert plan[-1].detach_input is not attached
+    x = batch["x_T"]
+    for i, t in enumerate(sched.timesteps.tolist()[: t_min + 1]):
+        keep = attached and i == t_min
+        with torch.set_grad_enabled(i in trained or keep or i == t_min and plan[-1].grad):
+            out = ref_eps(ref_model, x if keep else x.detach(), t, batch, 3.0)
+        x0, x_next = ref_flow(out, x, *ref_sigmas(sched, i), prediction_type)
+        x = x_next
+    assert_grads(opt.applied[0], torch.autograd.grad(-ref_reward(x0, batch).mean(), params_of(ref_model)))

@@ -32,7 +32,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--base", default="default", help="MLD / MDM checkpoint ('default': embedded tiny MLD)")
+    p.add_argument(
+        "--base",
+        default="default",
+        help="MLD / MDM checkpoint ('default': embedded tiny MLD, 'default-flow': its flow-matching twin)",
+    )
     p.add_argument("--reward", default="default", help="reward checkpoint ('default': embedded SPL model)")
     p.add_argument("--data", default=None, help="dataset folder for prompts (default: the base model's)")
     p.add_argument("--out", required=True, help="output folder for analysis.json and analysis.png")

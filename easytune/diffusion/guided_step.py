@@ -1,11 +1,12 @@
-"""``GuidedStep``: one guided DDIM step of a sampling schedule, the one copy the sampler, the trainer, the
-analysis and the benchmarks share.
+"""``GuidedStep``: one guided DDIM (or flow Euler) step of a sampling schedule, the one copy the sampler, the
+trainer, the analysis and the benchmarks share.
 
 For step ``i`` of the scheduler's timesteps: ``denoise_fn`` once on ``cat[x, x], cat[t, t],
 cat[cond, uncond]`` (classifier-free guidance in one batch; ``uncond=None``: no guidance), then
-``easytune.ops.guided_step`` (guidance, x0_hat, x_prev). The timesteps are host ints; the per-sample
-alphas and timestep rows live on the device, built once per (device, batch size), so a step reads no
-device value and copies nothing from the host: loops built on it make no host sync.
+``easytune.ops.guided_step`` (guidance, x0_hat, x_prev). The timesteps are host numbers (ints for DDIM,
+floats for a flow scheduler); the per-sample alphas (sigmas for a flow) and timestep rows live on the
+device, built once per (device, batch size), so a step reads no device value and copies nothing from the
+host: loops built on it make no host sync.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from easytune.errors import ConfigError
 
 
 class GuidedStep:
-    """The guided DDIM step of ``scheduler`` (an easytune ``DDIMScheduler`` with ``set_timesteps`` done).
+    """The guided step of ``scheduler`` (an easytune ``DDIMScheduler`` or ``FlowMatchEulerDiscreteScheduler``
+    with ``set_timesteps`` done).
 
     ``step = GuidedStep(denoise_fn, scheduler, guidance_scale=7.5)``; per trajectory ``cond_in =
     step.conditions(cond, uncond)`` (the doubled condition, built once), then for ``i in range(len(step))``:
@@ -41,10 +43,11 @@ class GuidedStep:
         eta: float = 0.0,
         backend: str | None = None,
     ) -> None:
-        if not hasattr(scheduler, "alpha_pair") or getattr(scheduler, "num_inference_steps", None) is None:
+        if not hasattr(scheduler, "step_levels") or getattr(scheduler, "num_inference_steps", None) is None:
             raise ConfigError(
-                "GuidedStep: scheduler must be an easytune DDIMScheduler with set_timesteps(n) done "
-                "(convert a diffusers one with DDIMScheduler.from_config)"
+                "GuidedStep: scheduler must be an easytune DDIMScheduler or FlowMatchEulerDiscreteScheduler "
+                "with set_timesteps(n) done (convert a diffusers one with "
+                "easytune.diffusion.sampling_scheduler)"
             )
         for name, value in (("guidance_scale", guidance_scale), ("eta", eta)):  # NaN never reaches a sample
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -55,9 +58,14 @@ class GuidedStep:
         self.eta = float(eta)
         self.backend = backend
         self.prediction_type = scheduler.config.prediction_type
-        self.timesteps: list[int] = scheduler.timesteps.cpu().tolist()
-        alphas = scheduler.alpha_pair(torch.tensor(self.timesteps, dtype=torch.int64))
-        self._alphas_host = torch.stack(alphas)  # [2, n] float32
+        self.flow = self.prediction_type in ops.FLOW_PREDICTION_TYPES
+        if self.flow and self.eta > 0:
+            raise ConfigError("GuidedStep: the flow Euler step is deterministic; eta must be 0")
+        host_timesteps = scheduler.timesteps.cpu()
+        self._timestep_dtype = host_timesteps.dtype
+        self.timesteps: list[int] | list[float] = host_timesteps.tolist()
+        levels = scheduler.step_levels(host_timesteps)  # (alpha_t, alpha_prev) or (sigma, sigma_next)
+        self._alphas_host = torch.stack(levels).float()  # [2, n]
         self._rows: dict[tuple[torch.device, int, bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -70,7 +78,7 @@ class GuidedStep:
         if rows is None:
             a = self._alphas_host.to(device)
             a_t, a_prev = (v[:, None].expand(-1, batch).contiguous() for v in a)
-            t = torch.tensor(self.timesteps, dtype=torch.int64, device=device)
+            t = torch.tensor(self.timesteps, dtype=self._timestep_dtype, device=device)
             t = t[:, None].expand(-1, 2 * batch if guided else batch).contiguous()
             rows = self._rows[key] = (a_t, a_prev, t)
         return rows
@@ -130,10 +138,12 @@ class GuidedStep:
         )
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
-        """Forward diffusion to step ``i``'s timestep, ``sqrt(a_t) x0 + sqrt(1 - a_t) noise`` (the scheduler's
-        ``add_noise``, from the device rows)."""
+        """Forward process to step ``i``'s timestep, ``sqrt(a_t) x0 + sqrt(1 - a_t) noise`` (a flow:
+        ``(1 - s) x0 + s noise``), from the device rows."""
         a = self._device_rows(x0.device, x0.shape[0], False)[0][i].to(x0.dtype)
         a = a.reshape(-1, *([1] * (x0.dim() - 1)))
+        if self.flow:
+            return (1 - a) * x0 + a * noise
         return a**0.5 * x0 + (1 - a) ** 0.5 * noise
 
     def __call__(

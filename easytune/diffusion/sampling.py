@@ -1,4 +1,5 @@
-"""The DDIM sampling loop with classifier-free guidance (inference; the trainer runs its own loop)."""
+"""The sampling loop with classifier-free guidance, DDIM or flow Euler (inference; the trainer runs its own
+loop)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import torch
 
+from easytune.diffusion.flow_match import FlowMatchEulerDiscreteScheduler
 from easytune.diffusion.guidance import DenoiseFn
 from easytune.diffusion.guided_step import GuidedStep
 from easytune.diffusion.schedulers import DDIMScheduler, randn_like_diffusers
@@ -14,7 +16,7 @@ from easytune.errors import ConfigError
 
 def ddim_sample(
     denoise_fn: DenoiseFn,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMScheduler | FlowMatchEulerDiscreteScheduler,
     x_T: torch.Tensor,
     cond: Any,
     uncond: Any = None,
@@ -30,10 +32,10 @@ def ddim_sample(
     ``uncond=None`` disables guidance. Runs in the caller's grad mode (wrap in ``torch.no_grad()`` for
     inference).
     """
-    if not isinstance(scheduler, DDIMScheduler):
+    if not isinstance(scheduler, (DDIMScheduler, FlowMatchEulerDiscreteScheduler)):
         raise ConfigError(
-            f"ddim_sample needs an easytune DDIMScheduler, got {type(scheduler).__name__} "
-            "(convert with DDIMScheduler.from_config(scheduler))"
+            f"ddim_sample needs an easytune DDIMScheduler or FlowMatchEulerDiscreteScheduler, got "
+            f"{type(scheduler).__name__} (convert with easytune.diffusion.sampling_scheduler(scheduler))"
         )
     if scheduler.num_inference_steps is None:
         raise ConfigError("ddim_sample: call scheduler.set_timesteps(num_inference_steps) first")

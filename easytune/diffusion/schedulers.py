@@ -225,6 +225,19 @@ class _DiscreteScheduler:
         """(alpha_prod_t, alpha_prod_t_prev), float32, shaped like ``timesteps`` ([B]: per-sample steps)."""
         raise NotImplementedError
 
+    def step_levels(self, timesteps: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``ops.guided_step`` takes per sample: ``alpha_pair`` (a flow scheduler gives its sigmas)."""
+        return self.alpha_pair(timesteps)
+
+    def alphas_cumprod_of(self, timesteps: int | torch.Tensor) -> torch.Tensor:
+        """alpha_bar of each timestep (float64; what SNR step weights read)."""
+        t = self._check_timesteps(timesteps)
+        return self.alphas_cumprod.double()[t.cpu()]
+
+    def training_timesteps(self, indices: torch.Tensor) -> torch.Tensor:
+        """The training timestep at each index in [0, num_train_timesteps): the index itself."""
+        return indices
+
     # -------------------------------------------------------------------------------- model outputs
     def scale_model_input(
         self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None

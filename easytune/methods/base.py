@@ -72,8 +72,9 @@ class Method:
     ) -> list[StepPlan]:
         """The step plans of one trajectory over ``timesteps`` (descending ints, one per sampling step).
 
-        ``prediction_type`` is the scheduler's (``epsilon`` | ``sample`` | ``v_prediction``): where the
-        one-step prediction x0_hat depends on x_t only through the network (``sample``), a method whose
+        ``prediction_type`` is the scheduler's (``epsilon`` | ``sample`` | ``v_prediction`` and the flow
+        models' ``flow_prediction`` | ``flow_sample``): where the one-step prediction x0_hat depends on x_t
+        only through the network (``sample``, ``flow_sample``), a method whose
         gradient path runs through x_t must keep that step's input attached (DRTune does).
         """
         raise NotImplementedError

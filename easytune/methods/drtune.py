@@ -18,10 +18,11 @@ class DRTune(Method):
     ``decode(x0_hat)``, one update, stop.
 
     For epsilon and v prediction x0_hat at t_min is affine in x_t, so the reward gradient flows through x_t
-    into the trained steps. For x0 prediction (``prediction_type="sample"``) x0_hat IS the network output
-    and depends on x_t only through the network: the t_min step then keeps its graph with its input
-    attached (one input-Jacobian, at that step only), so the gradient reaches t_min's weights and, through
-    x_t, the trained steps (docs/methods.md, "DRTune on x0- and v-prediction models").
+    into the trained steps. For x0 prediction (``prediction_type="sample"``, and ``"flow_sample"`` for
+    x0-predicting flow models) x0_hat IS the network output and depends on x_t only through the network:
+    the t_min step then keeps its graph with its input attached (one input-Jacobian, at that step only), so
+    the gradient reaches t_min's weights and, through x_t, the trained steps (docs/methods.md, "DRTune on
+    x0- and v-prediction models").
     """
 
     def __init__(self, k: int = 10, m: int = 10) -> None:
@@ -44,7 +45,7 @@ class DRTune(Method):
         trained = {offset + j * spacing for j in range(self.k)}
         t_min = randint(n - self.m, n - 1, generator)
         plans = [StepPlan(i, grad=i in trained) for i in range(t_min)]
-        if prediction_type == "sample":  # x0_hat = network output: keep its graph and its input's
+        if prediction_type in ("sample", "flow_sample"):  # x0_hat = network output: keep its input's graph
             last = StepPlan(t_min, grad=True, detach_input=False, reward_on="x0_hat", update=True)
         else:
             last = StepPlan(t_min, grad=t_min in trained, reward_on="x0_hat", update=True)

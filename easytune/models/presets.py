@@ -37,6 +37,16 @@ MDM_SCHEDULER: dict[str, Any] = {
     "clip_sample": False,
 }
 
+# The scheduler of `easytune pretrain mld --objective flow`: diffusers' FlowMatchEulerDiscreteScheduler,
+# unshifted, velocity targets.
+FLOW_SCHEDULER: dict[str, Any] = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "prediction_type": "flow_prediction",
+}
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "mld": {
         "kind": "mld",

@@ -22,9 +22,9 @@ from easytune.errors import BackendUnavailableError, ConfigError, CudaOpError
 
 LIB_NAME = "libeasytune_cuda.so"
 ENV_VAR = "EASYTUNE_CUDA_LIB"
-ABI_VERSION = 1  # EASYTUNE_CUDA_ABI_VERSION of csrc/easytune_cuda.h
+ABI_VERSION = 2  # EASYTUNE_CUDA_ABI_VERSION of csrc/easytune_cuda.h
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+PREDICTION_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2, "flow_prediction": 3, "flow_sample": 4}
 HEAD_DIMS = (32, 64, 128)
 
 _REPO = Path(__file__).resolve().parents[2]

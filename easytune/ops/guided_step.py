@@ -1,14 +1,25 @@
-"""Classifier-free guidance + one DDIM step, fused: the single-step denoise of every fine-tuning method.
+"""Classifier-free guidance + one sampling step, fused: the single-step denoise of every fine-tuning method.
 
-Given the conditional and unconditional model outputs, the sample x_t and the cumulative alphas
-of the current and previous timestep (per sample), computes
+Diffusion models (prediction types ``epsilon | sample | v_prediction``; x_t = sqrt(a) x0 + sqrt(1 - a) eps):
+given the conditional and unconditional model outputs, the sample x_t and the cumulative alphas of the
+current and previous timestep (per sample), computes
 
     guided   = uncond + w * (cond - uncond)           (cond alone when uncond is None)
-    x0_hat, eps_hat = convert(guided, x_t)            (prediction type: epsilon | sample | v_prediction)
+    x0_hat, eps_hat = convert(guided, x_t)
     std      = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
     x_prev   = sqrt(a_prev) * x0_hat + sqrt(1 - a_prev - std^2) * eps_hat + std * noise
 
 exactly as ``diffusers.DDIMScheduler.step`` (no clipping or thresholding).
+
+Flow-matching models (``flow_prediction``: the network predicts the velocity v = eps - x0;
+``flow_sample``: it predicts x0; x_t = (1 - s) x0 + s eps): the two per-sample numbers are the flow's
+noise levels sigma_t and sigma_next (passed in the ``alpha_prod_t`` / ``alpha_prod_t_prev`` slots), and
+
+    x0_hat = x_t - s * v,   eps_hat = x_t + (1 - s) * v     (flow_prediction)
+    x_prev = x_t + (s_next - s) * v                         (= (1 - s_next) x0_hat + s_next eps_hat)
+
+the Euler step of ``diffusers.FlowMatchEulerDiscreteScheduler.step``; for ``flow_sample``
+``x_prev = (1 - s_next) x0_hat + s_next eps_hat``. The flow step is deterministic (``eta`` must be 0).
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ import torch
 from easytune.errors import ConfigError
 from easytune.ops import _triton, dispatch
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+DIFFUSION_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+FLOW_PREDICTION_TYPES = ("flow_prediction", "flow_sample")
+PREDICTION_TYPES = DIFFUSION_PREDICTION_TYPES + FLOW_PREDICTION_TYPES
 _alpha_key = operator.attrgetter("shape", "requires_grad")
 
 
@@ -35,7 +48,8 @@ def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def to_x0_eps(
     model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert a model output to (x0, eps) for ``prediction_type``; ``alpha_prod_t`` is [B] or scalar."""
+    """Convert a model output to (x0, eps) for ``prediction_type``; ``alpha_prod_t`` is [B] or scalar (the
+    cumulative alpha; for the flow types the noise level sigma_t)."""
     return _x0_eps(model_output, sample, _per_sample(alpha_prod_t, sample), prediction_type)
 
 
@@ -43,6 +57,10 @@ def _x0_eps(
     model_output: torch.Tensor, sample: torch.Tensor, a: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``to_x0_eps`` with ``a`` already per-sample (``_per_sample``)."""
+    if prediction_type == "flow_prediction":  # a is sigma: x_t = (1 - s) x0 + s eps, v = eps - x0
+        return sample - a * model_output, sample + (1 - a) * model_output
+    if prediction_type == "flow_sample":
+        return model_output, (sample - (1 - a) * model_output) / a
     beta = 1 - a
     if prediction_type == "epsilon":
         eps = model_output
@@ -77,6 +95,16 @@ def guided_step_ref(
     x0, eps = to_x0_eps(guided, sample, alpha_prod_t, prediction_type)
     a = _per_sample(alpha_prod_t, sample)
     a_prev = _per_sample(alpha_prod_t_prev, sample)
+    if prediction_type in FLOW_PREDICTION_TYPES:
+        if isinstance(eta, torch.Tensor) or eta != 0:
+            raise ConfigError(
+                f"guided_step: the flow step ({prediction_type}) is deterministic; eta must be 0"
+            )
+        return (
+            guided,
+            x0,
+            _flow_prev(guided, x0, eps, sample, alpha_prod_t, alpha_prod_t_prev, prediction_type),
+        )
     variance = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
     std = eta * variance**0.5
     prev = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
@@ -85,6 +113,16 @@ def guided_step_ref(
             raise ConfigError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
         prev = prev + std * noise
     return guided, x0, prev
+
+
+def _flow_prev(guided, x0, eps, sample, sigma, sigma_next, prediction_type):
+    """The flow's Euler step: ``x + (s_next - s) v`` for velocity models, with ``s_next - s`` taken in the
+    sigmas' own dtype (diffusers' arithmetic on its float32 tables), ``(1 - s_next) x0 + s_next eps`` for
+    x0-predicting ones. ``sigma`` / ``sigma_next`` as passed to ``guided_step`` (not yet per-sample)."""
+    if prediction_type == "flow_prediction":
+        return sample + _per_sample(sigma_next - sigma, sample) * guided
+    s_next = _per_sample(sigma_next, sample)
+    return (1 - s_next) * x0 + s_next * eps
 
 
 def _guided_step_math(
@@ -115,8 +153,15 @@ def _guided_step_math(
     guided = model_cond
     if model_uncond is not None:
         guided = model_uncond + guidance_scale * (model_cond - model_uncond)
+    a = _per_sample(alpha_prod_t, sample)
     a_prev = _per_sample(alpha_prod_t_prev, sample)
-    x0, eps = _x0_eps(guided, sample, _per_sample(alpha_prod_t, sample), prediction_type)
+    x0, eps = _x0_eps(guided, sample, a, prediction_type)
+    if prediction_type in FLOW_PREDICTION_TYPES:
+        return (
+            guided,
+            x0,
+            _flow_prev(guided, x0, eps, sample, alpha_prod_t, alpha_prod_t_prev, prediction_type),
+        )
     return guided, x0, a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
@@ -208,6 +253,8 @@ def _check_inputs(
         raise ConfigError(f"guided_step: eta must be >= 0, got {eta}")
     if eta > 0 and noise is None:
         raise ConfigError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
+    if prediction_type in FLOW_PREDICTION_TYPES and (isinstance(eta, torch.Tensor) or eta != 0):
+        raise ConfigError(f"guided_step: the flow step ({prediction_type}) is deterministic; eta must be 0")
     others = {"model_cond": model_cond, "model_uncond": model_uncond, "noise": noise if eta > 0 else None}
     for name, t in others.items():
         if t is not None and t.shape != sample.shape:
@@ -236,8 +283,9 @@ def guided_step(
     noise: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Guidance + DDIM step (see module docstring). Tensors shaped like ``sample`` [B, ...];
-    ``alpha_prod_t`` / ``alpha_prod_t_prev`` [B] (or scalars). Returns ``(guided_output, x0_hat,
+    """Guidance + DDIM or flow Euler step (see module docstring). Tensors shaped like ``sample`` [B, ...];
+    ``alpha_prod_t`` / ``alpha_prod_t_prev`` [B] (or scalars): the cumulative alphas of t and of the previous
+    timestep, or for the flow prediction types sigma_t and sigma_next. Returns ``(guided_output, x0_hat,
     prev_sample)``, differentiable with respect to the model outputs, ``sample`` and ``noise``.
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """

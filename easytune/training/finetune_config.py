@@ -30,7 +30,10 @@ class FinetuneConfig:
     method_options: dict[str, Any] = option(
         help="the method's options (unset: its defaults)", default_factory=dict, cli=False
     )
-    base: str = option("default", "MLD / MDM checkpoint ('default': embedded tiny MLD)")
+    base: str = option(
+        "default",
+        "MLD / MDM checkpoint ('default': embedded tiny MLD, 'default-flow': its flow-matching twin)",
+    )
     reward: str = option("default", "reward checkpoint ('default': embedded SPL model)")
     data: str | None = option(None, "dataset folder for prompts (unset: the base model's)")
     out: str = option("runs/finetune", "run directory")

@@ -162,7 +162,7 @@ class _DiffusionStage(_Stage):
         frozen_state: tuple[dict[str, torch.Tensor], str] | None = None,
     ) -> None:
         """``frozen_state``: (state, source) of MLD's VAE (``--vae``), loaded before it is frozen."""
-        from easytune.diffusion import DDPMScheduler
+        from easytune.diffusion import training_scheduler
         from easytune.text import build_text_encoder
 
         self.family, self.cond_drop, self.device = family, cond_drop, device
@@ -175,7 +175,7 @@ class _DiffusionStage(_Stage):
         self.trained = family.trainable(self.model)
         self.prefix = family.trainable_prefix
         self.model.to(device)
-        self.scheduler = DDPMScheduler.from_config(config["scheduler"])
+        self.scheduler = training_scheduler(config["scheduler"])  # DDPM, or the flow's interpolation
         self.text = build_text_encoder(config["text_encoder"])
         self.null = self.text.encode([""], device=device).sentence
 
@@ -190,7 +190,8 @@ class _DiffusionStage(_Stage):
         sentence = self.text.encode(list(batch["caption"]), device=self.device).sentence
         cond, null = family.conditions(sentence, self.null, lengths)
         drop = (torch.rand(b, generator=gen) < self.cond_drop).to(self.device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen).to(self.device)
+        index = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen)
+        t = self.scheduler.training_timesteps(index).to(self.device)
         cond = family.drop(cond, null, drop)
         x0 = family.encode(self.model, feats, lengths)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
@@ -206,7 +207,7 @@ class _DiffusionStage(_Stage):
 
 def _resolve(opts: PretrainOptions, text_dim_of: Callable[[str], int], nfeats: int) -> tuple[dict, dict]:
     """(model config, train defaults) for a fresh run."""
-    from easytune.models.presets import get_preset, model_config
+    from easytune.models.presets import FLOW_SCHEDULER, get_preset, model_config
 
     preset = get_preset(opts.preset)
     kind = "mld" if opts.stage in ("vae", "mld") else "mdm"
@@ -218,9 +219,18 @@ def _resolve(opts: PretrainOptions, text_dim_of: Callable[[str], int], nfeats: i
         preset["text_encoder"] = opts.text_encoder
     text_dim = text_dim_of(preset["text_encoder"]) if opts.stage != "vae" else 0
     config = model_config(preset, text_dim, nfeats)
+    if opts.objective == "flow":
+        config["scheduler"] = dict(FLOW_SCHEDULER)
     if opts.stage == "vae":
         config = {"kind": "vae", "vae": config["vae"]}
     return config, preset["train"][opts.stage]
+
+
+def _objective(config: dict[str, Any]) -> str:
+    """``flow`` or ``diffusion``: what a model config's scheduler trains."""
+    from easytune.diffusion import is_flow
+
+    return "flow" if "scheduler" in config and is_flow(config["scheduler"]) else "diffusion"
 
 
 def _vae_from(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -258,6 +268,11 @@ def pretrain(
                 f"(stage {meta.get('stage')!r}; needs config, optimizer, step, rng)"
             )
         config, train = ckpt["config"], meta["train"]
+        if opts.objective is not None and opts.objective != _objective(config):
+            raise ConfigError(
+                f"--resume: {opts.resume} trains the {_objective(config)} objective, this run asks for "
+                f"--objective {opts.objective}"
+            )
         if any(getattr(opts, k) is not None for k in VAE_LOSS_DEFAULTS):
             raise ConfigError(f"{opts.resume}: a resumed run keeps its loss settings {train}")
         for key in TRAIN_KEYS:  # a changed option would be silently ignored: refuse it by name

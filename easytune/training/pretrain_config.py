@@ -21,7 +21,14 @@ TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "ema", "rec_loss", "kl_weig
 VAE_LOSS_DEFAULTS: dict[str, Any] = {"rec_loss": "smooth_l1", "kl_weight": 1e-4, "joints_weight": 1.0}
 REC_LOSSES = ("smooth_l1", "mse")
 # Options only some stages take (the command line of the others does not offer them).
-STAGE_ONLY = {"vae": ("mld",), "rec_loss": ("vae",), "kl_weight": ("vae",), "joints_weight": ("vae",)}
+STAGE_ONLY = {
+    "vae": ("mld",),
+    "rec_loss": ("vae",),
+    "kl_weight": ("vae",),
+    "joints_weight": ("vae",),
+    "objective": ("mld",),  # MDM's timestep table takes integer timesteps, a flow's are real
+}
+OBJECTIVES = ("diffusion", "flow")
 
 
 @dataclass
@@ -59,6 +66,13 @@ class PretrainOptions:
     )
     vae: str | None = option(
         None, "VAE checkpoint (from `easytune pretrain vae`, or an MLD / MotionLCM one)", metavar="CKPT"
+    )
+    objective: str | None = option(
+        None,
+        "denoiser objective (unset: diffusion): diffusion (the preset's DDPM noising and prediction type) "
+        "| flow (flow matching: x_t = (1 - s) x0 + s eps, velocity targets, sampled with "
+        "FlowMatchEulerDiscreteScheduler)",
+        choices=OBJECTIVES,
     )
     device: str = option("cpu", "device", cli=False)
     cond_drop: float = option(0.1, "condition dropout for classifier-free guidance")
@@ -103,6 +117,8 @@ class PretrainOptions:
         check_number("--cond-drop", self.cond_drop, low=0, high=1, high_open=True)
         if self.ema is not None:
             check_number("--ema", self.ema, low=0, high=1, low_open=True, high_open=True, what="(a decay)")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.rec_loss is not None and self.rec_loss not in REC_LOSSES:
             raise ConfigError(f"--rec-loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
         for name in ("kl_weight", "joints_weight"):
