@@ -27,11 +27,14 @@ def _device_actions(parser: argparse.ArgumentParser, path: str = "easytune"):
 def test_every_command_defaults_to_auto_device():
     found = dict(_device_actions(build_parser()))
     assert len(found) >= 12  # sample, eval, pretrain x3, reward x3, evaluator x2, finetune, analyze, bench x5
+    # finetune's options are generated from its config dataclass (defaults there, the flag SUPPRESSed)
+    from easytune.bench.comparison_config import CompareConfig
     from easytune.training.finetune_config import FinetuneConfig
 
-    # finetune's options are generated from its config dataclass (defaults there, the flag SUPPRESSed)
     assert found["easytune finetune"].default == argparse.SUPPRESS and FinetuneConfig().device == "auto"
+    assert found["easytune compare"].default == argparse.SUPPRESS and CompareConfig().device == "auto"
     found.pop("easytune finetune")
+    found.pop("easytune compare")
     wrong = {cmd: a.default for cmd, a in found.items() if a.default not in ("auto", None)}
     assert not wrong, f"--device defaults that silently pick the CPU on a GPU machine: {wrong}"
     assert found["easytune info"].default is None  # info: every device, unless one is named
@@ -146,8 +149,10 @@ def test_quickstart_options_come_from_its_config_and_bad_values_are_named(tmp_pa
     with pytest.raises(SystemExit):
         main(["quickstart", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert all(flag_of(f) in text for f in dataclasses.fields(QuickstartConfig))
-    assert "--budget-s BUDGET_S training seconds per method (default: 180.0)" in text
+    assert all(
+        flag_of(f) in text for f in dataclasses.fields(QuickstartConfig) if f.metadata.get("cli", True)
+    )
+    assert "--budget-s BUDGET_S training seconds per method and seed (default: 60.0)" in text
     for argv, message in [
         (["--budget-s", "nan"], r"--budget-s must be a finite number in \(0, inf\) seconds, got nan"),
         (["--k", "0"], "--k must be an integer >= 1, got 0"),

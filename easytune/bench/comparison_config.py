@@ -42,7 +42,7 @@ class CompareConfig:
     eval_samples: int | None = option(None, "test prompts evaluated per run (unset: the whole test split)")
     eval_replications: int = option(1, "evaluation replications per run (each seed's runs share them)")
     time_levels: int = option(3, "reward levels of the time-to-reward table (between start and final reward)")
-    device: str = option("cpu", "device")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when available)")
     plots: bool = option(True, "write reward_time.png and memory.png (needs matplotlib)")
     show_progress: bool = option(True, "progress bars", cli=False)
 

@@ -232,3 +232,13 @@ class PeakMemory:
             self.peak_bytes, source = peak_rss_bytes()
             if source == "ru_maxrss":
                 self.method = "process-lifetime ru_maxrss"
+
+
+def trajectory_activation_bytes(run: Any, batch_size: int) -> int:
+    """Peak bytes autograd keeps for backward during one more trajectory of a fine-tuning ``run``
+    (``easytune.training.finetune.Run``, trained or not; it takes that trajectory's updates)."""
+    captions, lengths = run.prompts.draw(10**9, batch_size)
+    batch = run.objective.batch(captions, lengths, run.info.device)
+    with SavedTensorsMeter(exclude=list(run.pipe.model.parameters())) as meter:
+        run.trainer.step(batch)
+    return meter.peak_bytes

@@ -1,4 +1,4 @@
-"""Means with 95% intervals over seeds, paired differences, and the time a reward curve needs to reach a level.
+"""Means with 95% intervals over seeds, paired differences, the time a reward curve needs to reach a level.
 
 An interval is Student's t: ``mean +- t(0.975, n - 1) * sd / sqrt(n)`` over the n seeds (None with one seed:
 no interval is claimed from a single run). A paired difference subtracts, seed by seed, two runs that saw
@@ -46,8 +46,9 @@ def interval(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any]:
-    """``interval`` of ``a[i] - b[i]`` over the pairs where both are finite, plus ``significant`` (the interval
-    excludes 0; False without an interval)."""
+    """``interval`` of ``a[i] - b[i]`` over the pairs where both are finite, plus ``significant``: the
+    interval excludes 0 (False without an interval, and when every pair differs by the same amount: a zero
+    spread, which discrete metrics on few prompts produce, is no evidence)."""
     if len(a) != len(b):
         raise ValueError(f"paired_difference: {len(a)} values against {len(b)}")
     diffs = [
@@ -56,7 +57,9 @@ def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> d
         if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y))
     ]
     out = interval(diffs)
-    out["significant"] = out["half"] is not None and (out["low"] > 0 or out["high"] < 0)
+    # a spread, not rounding noise (False: every pair differed by the same amount; None: no interval)
+    out["spread"] = None if out["half"] is None else out["half"] > 1e-9 * max(1.0, abs(out["mean"]))
+    out["significant"] = bool(out["spread"]) and (out["low"] > 0 or out["high"] < 0)
     return out
 
 
@@ -83,9 +86,12 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def time_to_level(times: Sequence[float], rewards: Sequence[float], level: float, window: int = 5) -> float | None:
+def time_to_level(
+    times: Sequence[float], rewards: Sequence[float], level: float, window: int = 5
+) -> float | None:
     """The first time at which the trailing ``window``-mean of ``rewards`` (one per trajectory, logged at
-    ``times``) is at or above ``level`` once ``window`` values exist (or all of a shorter run); None if never."""
+    ``times``) is at or above ``level`` once ``window`` values exist (or all of a shorter run); None if
+    never."""
     if len(times) != len(rewards):
         raise ValueError(f"time_to_level: {len(times)} times against {len(rewards)} rewards")
     need = min(window, len(rewards))
@@ -98,15 +104,15 @@ def time_to_level(times: Sequence[float], rewards: Sequence[float], level: float
 def curve_band(
     curves: Sequence[tuple[Sequence[float], Sequence[float]]], grid: Sequence[float], window: int = 5
 ) -> dict[str, list[float | None]]:
-    """Mean and 95% band over seeds of reward curves ``(times, rewards)`` (each smoothed by ``moving_average``)
-    on a common time ``grid``: a curve counts at a grid time once it has started and until it ends (the step
-    value of its last logged point before the grid time)."""
+    """Mean and 95% band over seeds of reward curves ``(times, rewards)`` (each smoothed by
+    ``moving_average``) on a common time ``grid``: a curve counts at a grid time from its first logged point
+    to its last (the value of its last point at or before the grid time)."""
     columns: list[list[float]] = [[] for _ in grid]
     for times, rewards in curves:
         smooth = moving_average(list(rewards), window)
         for j, g in enumerate(grid):
             idx = int(np.searchsorted(np.asarray(times), g, side="right")) - 1
-            if 0 <= idx and g <= times[-1]:
+            if idx >= 0 and g <= times[-1]:
                 columns[j].append(smooth[idx])
     cells = [interval(col) for col in columns]
     return {

@@ -1,8 +1,9 @@
 """``easytune quickstart``: EasyTune vs DRaFT-K on the embedded tiny models (about ten CPU minutes).
 
-Prints a paper-style table (reward, R@1/R@3, FID, MM-Dist, Diversity, activation memory, seconds per
-update, time to a common reward level), writes before/after GIFs into --out and, with --json, one row per
-model (base, easytune, draft, ground truth) keyed by `method`.
+``easytune compare`` of the two methods over --seeds training seeds: prints the table with 95% intervals
+(reward, the independent evaluator's metrics, backward memory, seconds per update), the paired differences,
+the time to a common reward level and which differences are significant, in words; writes compare.json,
+compare.md, the plots and before/after GIFs into --out.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", metavar="YAML", help="YAML file of options (flags given override it)")
     add_arguments(p, QuickstartConfig)  # every option: a QuickstartConfig field
-    p.add_argument("--json", default=None, help="also write the table's rows here")
     p.add_argument(
         "--from-scratch",
         action="store_true",
         help="first rebuild the tiny models with easytune/assets/build_assets.sh",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
 
@@ -36,16 +37,13 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from easytune.config import from_command_line, write_yaml
-    from easytune.quickstart import format_rows, run_quickstart, write_json
+    from easytune.quickstart import run_quickstart
     from easytune.quickstart_config import QuickstartConfig
 
     cfg = from_command_line(QuickstartConfig, args)
-    rows = run_quickstart(cfg, from_scratch=args.from_scratch)
-    table = format_rows(rows)
-    print(table)
-    (Path(cfg.out) / "table.txt").write_text(table + "\n")
+    cfg.show_progress = not args.no_progress
+    result = run_quickstart(cfg, from_scratch=args.from_scratch)
+    print(result["markdown"])
     write_yaml(cfg, Path(cfg.out) / "config.yaml")
-    if args.json:
-        write_json(rows, args.json)
-        print(f"wrote {args.json}")
+    print(f"wrote {Path(cfg.out) / 'compare.json'} and {Path(cfg.out) / 'compare.md'}")
     return 0

@@ -18,16 +18,14 @@ all raising ``ConfigError`` rather than changing results: Karras / exponential /
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from easytune import ops
-from easytune.diffusion.schedulers import SchedulerConfig, SchedulerOutput
+from easytune.diffusion.schedulers import SchedulerConfig, SchedulerOutput, constructor_kwargs
 from easytune.errors import ConfigError
 from easytune.ops.guided_step import FLOW_PREDICTION_TYPES
 
@@ -108,26 +106,7 @@ class FlowMatchEulerDiscreteScheduler:
         """Build from a config mapping (a diffusers ``scheduler_config.json``), a diffusers scheduler or
         another easytune one. ``_``-prefixed keys (diffusers metadata) are ignored, any other unknown key
         raises; ``overrides`` replace config values. diffusers is never imported."""
-        if not isinstance(config, Mapping):
-            inner = getattr(config, "config", None)
-            if not isinstance(inner, Mapping):
-                raise ConfigError(
-                    f"{cls.__name__}.from_config expects a mapping or a scheduler with a .config mapping, "
-                    f"got {type(config).__name__}"
-                )
-            config = inner
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        kwargs = {}
-        for key, value in {**config, **overrides}.items():
-            if key.startswith("_"):
-                continue
-            if key not in params:
-                raise ConfigError(
-                    f"{cls.__name__}.from_config: unknown config key {key!r} "
-                    f"(expected a subset of {sorted(params)})"
-                )
-            kwargs[key] = value
-        return cls(**kwargs)
+        return cls(**constructor_kwargs(cls, config, overrides))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -73,6 +73,34 @@ def randn_like_diffusers(
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
+def constructor_kwargs(
+    cls: type, config: Any, overrides: Mapping[str, Any], ignored: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The keyword arguments of ``cls(...)`` from a config mapping, a diffusers scheduler (its ``.config``)
+    or an easytune one, with ``overrides`` on top: ``_``-prefixed keys (diffusers metadata) and ``ignored``
+    ones are dropped, any other key that ``cls.__init__`` does not take raises ``ConfigError``."""
+    if not isinstance(config, Mapping):
+        inner = getattr(config, "config", None)
+        if not isinstance(inner, Mapping):
+            raise ConfigError(
+                f"{cls.__name__}.from_config expects a mapping or a scheduler with a .config "
+                f"mapping, got {type(config).__name__}"
+            )
+        config = inner
+    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {}
+    for key, value in {**config, **overrides}.items():
+        if key.startswith("_") or key in ignored:
+            continue
+        if key not in params:
+            raise ConfigError(
+                f"{cls.__name__}.from_config: unknown config key {key!r} "
+                f"(expected a subset of {sorted(params)})"
+            )
+        kwargs[key] = value
+    return kwargs
+
+
 class _DiscreteScheduler:
     """Shared by DDIM and DDPM: tables, timestep spacing, forward noising, prediction-type conversion."""
 
@@ -146,26 +174,7 @@ class _DiscreteScheduler:
         for DDIM, ``set_alpha_to_one`` for DDPM) are ignored, as diffusers does; any other unknown key raises.
         ``overrides`` replace config values. diffusers is never imported.
         """
-        if not isinstance(config, Mapping):
-            inner = getattr(config, "config", None)
-            if not isinstance(inner, Mapping):
-                raise ConfigError(
-                    f"{cls.__name__}.from_config expects a mapping or a scheduler with a .config "
-                    f"mapping, got {type(config).__name__}"
-                )
-            config = inner
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        kwargs = {}
-        for key, value in {**config, **overrides}.items():
-            if key.startswith("_") or key in cls._IGNORED_KEYS:
-                continue
-            if key not in params:
-                raise ConfigError(
-                    f"{cls.__name__}.from_config: unknown config key {key!r} "
-                    f"(expected a subset of {sorted(params)})"
-                )
-            kwargs[key] = value
-        return cls(**kwargs)
+        return cls(**constructor_kwargs(cls, config, overrides, cls._IGNORED_KEYS))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

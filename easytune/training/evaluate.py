@@ -213,17 +213,25 @@ def _multimodality(
 
 
 def pipeline_fn(
-    pipe: Any, dataset: Any, *, steps: int = 50, guidance_scale: float | None = None
+    pipe: Any,
+    dataset: Any,
+    *,
+    steps: int = 50,
+    guidance_scale: float | None = None,
+    on_sample: Callable[[torch.Tensor, list[int], list[str]], None] | None = None,
 ) -> GenerateFn:
-    """A ``GenerateFn`` from an ``easytune.generation.MotionPipeline``: DDIM samples in the model's own
+    """A ``GenerateFn`` from an ``easytune.generation.MotionPipeline``: samples in the model's own
     normalisation (``pipe.mean`` / ``pipe.std``), re-normalised with ``dataset.mean`` / ``dataset.std`` (what
-    the evaluator reads)."""
+    the evaluator reads). ``on_sample(feats, lengths, captions)`` sees each batch first, in the model's
+    normalisation [B, T, D] (e.g. to score it with the reward model the model was tuned with)."""
     from easytune.data.humanml import denormalize, normalize
 
     def generate(captions: list[str], lengths: list[int], seed: int) -> list[torch.Tensor]:
         feats = pipe.sample_normalised(
             captions, lengths, steps=steps, guidance_scale=guidance_scale, seed=seed
         )
+        if on_sample is not None:
+            on_sample(feats, lengths, captions)
         feats = denormalize(feats.float().cpu(), pipe.mean, pipe.std)
         return [normalize(f[:n], dataset.mean, dataset.std) for f, n in zip(feats, lengths)]
 
