@@ -26,29 +26,13 @@ from typing import Any
 import numpy as np
 
 from easytune.checkpoint import ASSETS
+from easytune.data.synthetic import ensure_dataset
 from easytune.generation import MotionPipeline, load_pipeline
 from easytune.quickstart_config import QuickstartConfig
 
 log = logging.getLogger("easytune.quickstart")
 
 BUILD_SCRIPT = ASSETS / "build_assets.sh"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EASYTUNE_CACHE", Path.home() / ".cache" / "easytune"))
-
-
-def ensure_dataset(path: str | None, clips: int = 600, seed: int = 0) -> Path:
-    """The dataset folder: ``path`` when given, else the cached synthetic set (generated when missing)."""
-    if path is not None:
-        return Path(path)
-    root = cache_dir() / f"synth-{clips}-seed{seed}"
-    if not (root / "Mean.npy").is_file():
-        from easytune.data.synthetic import generate_dataset
-
-        log.info("generating the synthetic dataset (%d clips, seed %d) in %s", clips, seed, root)
-        generate_dataset(root, clips, seed)
-    return root
 
 
 def build_assets(out: Path, data: Path, flow: bool = False) -> dict[str, str]:
@@ -78,7 +62,7 @@ def run_quickstart(cfg: QuickstartConfig, from_scratch: bool = False) -> dict[st
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = ensure_dataset(cfg.data)
+    data = ensure_dataset(cfg.data)  # the cached synthetic set unless --data
     ckpts = {"base": cfg.base, "reward": cfg.reward, "evaluator": cfg.evaluator}
     if from_scratch:
         ckpts = build_assets(out / "assets", data, flow=cfg.base == "default-flow")

@@ -478,12 +478,12 @@ def run_comparison(cfg: CompareConfig, command: str = "easytune compare") -> dic
 
     from easytune.bench.methods import parse_cases
     from easytune.data.humanml import MotionDataset
+    from easytune.data.synthetic import ensure_dataset
     from easytune.device import resolve_device
     from easytune.generation import load_pipeline
     from easytune.models.evaluator import load_evaluator
     from easytune.models.reward import RewardModel
     from easytune.progress import progress
-    from easytune.quickstart import ensure_dataset
 
     cfg.device = str(resolve_device(cfg.device))
     cases = parse_cases(cfg.methods)

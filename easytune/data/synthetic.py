@@ -20,6 +20,8 @@ right joints swapped, "left"/"right" and "clockwise"/"counterclockwise" swapped 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import time
 from collections import Counter
@@ -1127,3 +1129,22 @@ def generate_dataset(
         "seconds": round(seconds, 2),
         "clips_per_second": round(clips / seconds, 1),
     }
+
+
+def cache_dir() -> Path:
+    """easytune's cache folder: ``$EASYTUNE_CACHE``, else ``~/.cache/easytune``."""
+    return Path(os.environ.get("EASYTUNE_CACHE", Path.home() / ".cache" / "easytune"))
+
+
+def ensure_dataset(path: str | os.PathLike | None, clips: int = 600, seed: int = 0) -> Path:
+    """The dataset folder: ``path`` when given, else the cached synthetic set ``synth-{clips}-seed{seed}``
+    (generated when missing), the default data of the quickstart and of ``easytune compare``."""
+    if path is not None:
+        return Path(path)
+    root = cache_dir() / f"synth-{clips}-seed{seed}"
+    if not (root / "Mean.npy").is_file():
+        logging.getLogger("easytune.data").info(
+            "generating the synthetic dataset (%d clips, seed %d) in %s", clips, seed, root
+        )
+        generate_dataset(root, clips, seed)
+    return root
