@@ -16,7 +16,6 @@ CPU minutes.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -29,8 +28,6 @@ from easytune.checkpoint import ASSETS
 from easytune.data.synthetic import ensure_dataset
 from easytune.generation import MotionPipeline, load_pipeline
 from easytune.quickstart_config import QuickstartConfig
-
-log = logging.getLogger("easytune.quickstart")
 
 BUILD_SCRIPT = ASSETS / "build_assets.sh"
 

@@ -124,6 +124,8 @@ def test_from_diffusers_config_and_unsupported_options_are_named():
     assert isinstance(sampling_scheduler(diffusion), DDIMScheduler)
     assert isinstance(training_scheduler(diffusion), DDPMScheduler)
     assert not is_flow(diffusion) and is_flow({"prediction_type": "flow_sample"})
+    with pytest.raises(ConfigError, match="use FlowMatchEulerDiscreteScheduler"):
+        DDIMScheduler(prediction_type="flow_prediction")  # the alphas would be read as sigmas
     with pytest.raises(ConfigError, match="_class_name 'EulerDiscreteScheduler' is not supported"):
         is_flow({"_class_name": "EulerDiscreteScheduler"})
     with pytest.raises(ConfigError, match="unknown config key 'beta_start'"):

@@ -24,7 +24,7 @@ import torch
 from easytune import ops
 from easytune.diffusion.schedules import make_betas
 from easytune.errors import ConfigError
-from easytune.ops.guided_step import PREDICTION_TYPES
+from easytune.ops.guided_step import DIFFUSION_PREDICTION_TYPES
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
@@ -124,9 +124,15 @@ class _DiscreteScheduler:
         **config: Any,
     ) -> None:
         name = type(self).__name__
-        if prediction_type not in PREDICTION_TYPES:
+        if prediction_type not in DIFFUSION_PREDICTION_TYPES:
+            flow = (
+                " (a flow prediction type: use FlowMatchEulerDiscreteScheduler)"
+                if "flow" in prediction_type
+                else ""
+            )
             raise ConfigError(
-                f"{name}: prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+                f"{name}: prediction_type must be one of {DIFFUSION_PREDICTION_TYPES}, got "
+                f"{prediction_type!r}{flow}"
             )
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ConfigError(
