@@ -217,7 +217,7 @@ def test_declared_capabilities_are_checked_by_one_function():
 
 
 def test_the_entry_points_keys_hold_every_input_their_validation_reads():
-    """Each op builds its own signature inline (``dispatch.cached``): a call that differs from a cached
+    """Each op builds its own memo key inline (``dispatch.hits``): a call that differs from a cached
     valid one in any input that validation reads must be validated again, not served from the cache."""
     x, a = torch.randn(2, 3), torch.rand(2)
     q = torch.randn(2, 2, 5, 16)
@@ -255,8 +255,35 @@ def test_the_entry_points_keys_hold_every_input_their_validation_reads():
         for bad, message in bads:
             with pytest.raises(ConfigError, match=message):
                 bad()
-    assert dispatch.cached("reward_head", None, (dispatch.tensor_key(x), dispatch.tensor_key(x))) is not None
-    assert dispatch.cached("reward_head", "math", (dispatch.tensor_key(x), dispatch.tensor_key(x))) is None
+    memo = dispatch.hits("reward_head")
+    assert [key[0] for key in memo] == [None]  # the valid call, memoised once; the refused one not at all
+    assert next(iter(memo.values())).calls == 2  # both valid calls counted, under the one key
+    ops.reward_head(x, x, backend="math")  # the backend argument is part of the key
+    assert sorted(key[0] or "" for key in memo) == ["", "math"]
+
+
+def test_guided_step_choice_ignores_what_its_memo_key_omits(monkeypatch):
+    """``guided_step``'s memo key leaves out grad mode and the data tensors' requires_grad: valid only while
+    every backend is differentiable and no reason reads them (a forward-only backend must put them back)."""
+    monkeypatch.setattr(_triton, "interpreting", lambda: True)  # the Triton backend's reasons in play
+    assert all(impl.capabilities.grad for impl in dispatch._REGISTRY["guided_step"])
+    x, a = torch.randn(2, 3, 4), torch.rand(2)
+
+    def report(requires_grad):
+        t = x.clone().requires_grad_(requires_grad)
+        inputs = dict(model_cond=t, model_uncond=t, sample=t, eta=0.0, noise=None, prediction_type="epsilon")
+        return dispatch.report("guided_step", auto=True, **inputs, alpha_prod_t=a, alpha_prod_t_prev=a)
+
+    base = report(False)
+    assert report(True) == base
+    with torch.no_grad():
+        assert report(True) == base
+    t = x.clone().requires_grad_(True)
+    ops.guided_step(x, x, x, a, a, guidance_scale=2.0)  # memoised without grad ...
+    ops.guided_step(t, x, x, a, a, guidance_scale=2.0)[
+        2
+    ].sum().backward()  # ... same key, still differentiable
+    assert t.grad is not None and torch.isfinite(t.grad).all()
 
 
 def test_compiled_ops_trace_once_and_count_their_backend():

@@ -21,6 +21,8 @@ from easytune.ops import lengths as lengths_range
 
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _meta = dispatch.tensor_key
+_HITS = dispatch.hits("attention")
+_compiling, _grad_enabled, _allow_tf32 = dispatch.compiling, dispatch.grad_enabled, dispatch.allow_tf32
 
 
 def length_mask(lengths: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor | None:
@@ -165,19 +167,29 @@ def attention(
     ``scale`` defaults to 1/sqrt(D). ``backend``: ``auto | triton | cuda | sdpa | xformers | flash | math``
     (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
-    key = (
-        None
-        if dispatch.compiling()
-        else (
+    if _compiling():
+        key = None
+    else:  # the memo key (see dispatch.resolve); TF32 enters the Triton kernel's auto reasons
+        key = (
+            backend,
+            _grad_enabled(),
+            _allow_tf32(),
             _meta(q),
             _meta(k),
             _meta(v),
-            q_lengths is None or _meta(q_lengths),
-            kv_lengths is None or _meta(kv_lengths),
+            None if q_lengths is None else _meta(q_lengths),
+            None if kv_lengths is None else _meta(kv_lengths),
             dropout_p,
         )
-    )
-    impl = dispatch.cached("attention", backend, key) or dispatch.resolve(
+        hit = _HITS.get(key)
+        if hit is not None:
+            hit.calls += 1
+            if q_lengths is not None or kv_lengths is not None:
+                _check_lengths_range(q, k, q_lengths, kv_lengths)
+            return hit.fn(
+                q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p
+            )
+    impl = dispatch.resolve(
         "attention",
         backend,
         _check_inputs,

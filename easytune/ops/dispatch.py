@@ -14,11 +14,12 @@ missing, GPU architecture, ...) and ``auto_reasons`` (it can run, but ``auto`` m
 Triton kernels on CPU tensors run in the interpreter, which is for tests only).
 
 Resolution is memoised: the backend chosen for a call signature (op, requested backend, grad mode, TF32,
-the relevant environment variables, and per input its device, dtype, shape and requires_grad, or its
-value) is cached, so after the first call dispatch costs one dictionary lookup. The environment variables
-are read when the cache is filled: ``register`` and ``clear_cache`` drop it (call the latter after setting
-``EASYTUNE_*_BACKEND`` or ``TRITON_INTERPRET`` in a running process, or after anything else the reasons
-depend on changed, e.g. a library installed).
+and per input its device, dtype, shape and requires_grad, or its value) is cached, so after the first call
+dispatch costs one dictionary lookup. Each op's entry point builds its own flat signature inline and looks it
+up in the op's memo (``hits(op)``): the fast path is a tuple of attribute reads, one ``dict.get`` and a
+counter. The environment variables are read when the memo is filled: ``register`` and ``clear_cache`` drop
+it (call the latter after setting ``EASYTUNE_*_BACKEND`` or ``TRITON_INTERPRET`` in a running process, or
+after anything else the reasons depend on changed, e.g. a library installed).
 """
 
 from __future__ import annotations
@@ -132,9 +133,31 @@ class Implementation:
 
 _REGISTRY: dict[str, list[Implementation]] = {}
 _LOGGED: set[tuple[str, str, str]] = set()
-_CACHE: dict[tuple, int] = {}  # signature -> index into _IMPLS
+_CACHE: dict[tuple, int] = {}  # full signature (calls without an entry point's key) -> index into _IMPLS
 _IMPLS: list[Implementation] = []  # every implementation ever registered (replaced ones stay, unused)
-_COUNTS: list[int] = []  # calls through ``resolve`` per entry of _IMPLS
+_COUNTS: list[int] = []  # calls through ``resolve`` per entry of _IMPLS (and those of dropped hits)
+
+
+class Hit:
+    """An entry point's memoised choice for one signature: the backend function, the implementation it
+    belongs to and the calls served from the memo since the last ``call_counts(reset=True)``."""
+
+    __slots__ = ("fn", "index", "calls")
+
+    def __init__(self, index: int) -> None:
+        self.fn, self.index, self.calls = _IMPLS[index].fn, index, 0
+
+
+_HITS: dict[str, dict[tuple, Hit]] = {}  # op -> the entry point's key -> Hit
+
+
+def hits(op: str) -> dict[tuple, Hit]:
+    """The memo of ``op``'s entry point: ``{key: Hit}``, the same dict for the life of the process (entry
+    points bind it once). The key is the op's own flat tuple of everything its validation and its backends'
+    reasons read (see ``resolve``); on a hit the entry point counts the call (``hit.calls += 1``) and runs
+    ``hit.fn``; on a miss it calls ``resolve(..., key=key)``, which fills the memo."""
+    return _HITS.setdefault(op, {})
+
 
 # ``auto`` order per op (fastest first); ``math`` is always last and always runs. The varlen
 # libraries (flash, xformers) come after the kernels that mask by lengths in place: they need the
@@ -181,8 +204,14 @@ def call_counts(reset: bool = False) -> dict[str, dict[str, int]]:
     """``{op: {backend: calls}}``: how often each backend ran each op through ``resolve`` since the start
     (or the last ``reset``): what benchmark rows record as the backends actually used. Compiled code counts
     once per trace (its choice is a constant of the graph), eager code once per call."""
+    counts = list(_COUNTS)
+    for memo in _HITS.values():
+        for hit in memo.values():
+            counts[hit.index] += hit.calls
+            if reset:
+                hit.calls = 0
     out: dict[str, dict[str, int]] = {}
-    for impl, n in zip(_IMPLS, _COUNTS):
+    for impl, n in zip(_IMPLS, counts):
         if n:
             out.setdefault(impl.op, {})[impl.backend] = out.get(impl.op, {}).get(impl.backend, 0) + n
     if reset:
@@ -195,6 +224,10 @@ def clear_cache() -> None:
     re-reads them and re-evaluates the reasons)."""
     _CACHE.clear()
     _ENV_STATE.clear()
+    for memo in _HITS.values():  # keep the calls counted so far, cleared in place (entry points hold them)
+        for hit in memo.values():
+            _COUNTS[hit.index] += hit.calls
+        memo.clear()
 
 
 _OP_ENV = {op: f"EASYTUNE_{op.upper()}_BACKEND" for op in PRIORITY}
@@ -252,22 +285,10 @@ def input_key(value: Any) -> Any:
     return value if isinstance(value, _PLAIN) else type(value)
 
 
-def cached(op: str, backend: str | None, key: tuple | None) -> Implementation | None:
-    """The eager fast path of an op's entry point: the implementation memoised for ``key``, else None (a
-    miss: then call ``resolve(..., key=key)``).
-
-    ``key``: the op's own flat tuple of the ``input_key`` (``tensor_key`` for inputs that are always tensors)
-    of every input its validation and its backends' reasons read, built inline by the entry point (a loop over
-    a dict of inputs costs microseconds more); None under ``torch.compile`` (``compiling()``), where Dynamo
-    cannot trace the key's C attribute getter and the choice is made once at trace time by ``resolve``."""
-    if key is None:
-        return None
-    env = _ENV_STATE.get(op) or _env_values(op)
-    index = _CACHE.get((op, backend, env, _grad_enabled(), _ALLOW_TF32(), key))
-    if index is None:
-        return None
-    _COUNTS[index] += 1
-    return _IMPLS[index]
+# What an entry point's key reads besides its inputs (every key holds the backend argument and grad mode;
+# those of ops with a TF32-dependent reason also ``allow_tf32()``).
+grad_enabled = _grad_enabled
+allow_tf32 = _ALLOW_TF32
 
 
 def resolve(
@@ -282,18 +303,25 @@ def resolve(
 
     ``validate(**inputs)``: the op's checks of its inputs' metadata (shapes, dtypes, devices, option values),
     run with the first call of each signature only: a signature seen before passed them already.
-    ``key``: the entry point's own signature of ``inputs`` (see ``cached``), else one is derived from every
-    input.
+    ``key``: the entry point's memo key (``hits``) for ``inputs``: a flat tuple of the backend argument, grad
+    mode (``grad_enabled()``), ``allow_tf32()`` where a reason reads it, and per input everything that
+    validation and the backends' reasons read (a tensor's shape, dtype, device, requires_grad; a value or
+    its type), built inline by the entry point from plain attribute reads (a loop over a dict of inputs
+    costs microseconds more on the hot path). Given, the choice is stored under it in ``hits(op)`` (the
+    entry point serves the next calls itself); else a full signature is derived from every input.
 
-    Under ``torch.compile`` the choice is made once, at trace time, from the inputs' metadata (device,
-    dtype, shape, requires_grad: what Dynamo guards on) and the environment at that time.
+    Under ``torch.compile`` (no key: Dynamo guards on the inputs' metadata itself) the choice is made once,
+    at trace time, from the inputs' device, dtype, shape and requires_grad and the environment at that time.
     """
     if _compiling():  # traced once: the choice becomes a constant of the graph (counted by _choose)
         return _IMPLS[_choose(op, backend, validate, **inputs)]
-    if key is None:  # eager: one signature and one dictionary lookup
-        sig = _signature(op, backend, inputs)
-    else:
-        sig = (op, backend, _ENV_STATE.get(op) or _env_values(op), _grad_enabled(), _ALLOW_TF32(), key)
+    if key is not None:
+        hit = _HITS.setdefault(op, {}).get(key)
+        if hit is None:
+            hit = _HITS[op][key] = Hit(_fill(None, op, backend, validate, inputs))
+        hit.calls += 1
+        return _IMPLS[hit.index]
+    sig = _signature(op, backend, inputs)
     index = _CACHE.get(sig)
     if index is None:
         index = _fill(sig, op, backend, validate, inputs)
@@ -314,14 +342,21 @@ def _choose(op: str, backend: str | None, validate: Callable[..., None] | None, 
 
 
 def _fill(
-    key: tuple, op: str, backend: str | None, validate: Callable[..., None] | None, inputs: dict[str, Any]
+    key: tuple | None,
+    op: str,
+    backend: str | None,
+    validate: Callable[..., None] | None,
+    inputs: dict[str, Any],
 ) -> int:
-    """The first call of a signature: validate, evaluate the reasons, remember the choice."""
+    """The first call of a signature: validate, evaluate the reasons, remember the choice under ``key`` in
+    the full-signature cache (None: the caller stores it in the op's memo)."""
     choice = requested_backend(op, backend)
     if validate is not None:
         validate(**inputs)
     impl = _evaluate(op, choice, inputs)
-    index = _CACHE[key] = next(i for i, known in enumerate(_IMPLS) if known is impl)
+    index = next(i for i, known in enumerate(_IMPLS) if known is impl)
+    if key is not None:
+        _CACHE[key] = index
     return index
 
 

@@ -35,6 +35,13 @@ DIFFUSION_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 FLOW_PREDICTION_TYPES = ("flow_prediction", "flow_sample")
 PREDICTION_TYPES = DIFFUSION_PREDICTION_TYPES + FLOW_PREDICTION_TYPES
 _alpha_key = operator.attrgetter("shape", "requires_grad")
+_HITS = dispatch.hits("guided_step")
+_compiling, _input_key, _Tensor = dispatch.compiling, dispatch.input_key, torch.Tensor
+_data_key = operator.attrgetter("shape", "dtype", "device")
+# What the memo key of ``guided_step`` leaves out, because no check and no backend's reasons read it: grad
+# mode and the data tensors' requires_grad (every backend is differentiable in them; tested), the alphas'
+# device and dtype (converted) and the values of the guidance scale and the alphas (keyed by type: a sweep
+# over guidance scales or float alphas does not grow the memo). eta keys by value (its sign is checked).
 
 
 def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -289,24 +296,40 @@ def guided_step(
     prev_sample)``, differentiable with respect to the model outputs, ``sample`` and ``noise``.
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    meta, tensor, Tensor = dispatch.input_key, dispatch.tensor_key, torch.Tensor
-    # The alphas' device and dtype matter to no check (they are converted); floats key by value.
-    key = (
-        None
-        if dispatch.compiling()
-        else (
-            tensor(model_cond),
-            model_uncond is None or tensor(model_uncond),
-            tensor(sample),
-            _alpha_key(alpha_prod_t) if type(alpha_prod_t) is Tensor else meta(alpha_prod_t),
-            _alpha_key(alpha_prod_t_prev) if type(alpha_prod_t_prev) is Tensor else meta(alpha_prod_t_prev),
-            guidance_scale if type(guidance_scale) is float else meta(guidance_scale),
+    if _compiling():
+        key = None
+    else:  # the memo key, from plain attribute reads (see dispatch.resolve and what it omits above)
+        key = (
+            backend,
+            model_cond.shape,
+            model_cond.dtype,
+            model_cond.device,
+            None if model_uncond is None else _data_key(model_uncond),
+            sample.shape,
+            sample.dtype,
+            sample.device,
+            _alpha_key(alpha_prod_t) if type(alpha_prod_t) is _Tensor else type(alpha_prod_t),
+            _alpha_key(alpha_prod_t_prev) if type(alpha_prod_t_prev) is _Tensor else type(alpha_prod_t_prev),
+            type(guidance_scale),
             prediction_type,
-            eta if type(eta) is float else meta(eta),
-            noise is None or tensor(noise),
+            eta if type(eta) is float else _input_key(eta),
+            None if noise is None else _data_key(noise),
         )
-    )
-    impl = dispatch.cached("guided_step", backend, key) or dispatch.resolve(
+        hit = _HITS.get(key)
+        if hit is not None:
+            hit.calls += 1
+            return hit.fn(
+                model_cond,
+                model_uncond,
+                sample,
+                alpha_prod_t,
+                alpha_prod_t_prev,
+                guidance_scale=guidance_scale,
+                prediction_type=prediction_type,
+                eta=eta,
+                noise=noise,
+            )
+    impl = dispatch.resolve(
         "guided_step",
         backend,
         _check_inputs,

@@ -43,6 +43,8 @@ dispatch.register(
     capabilities=_triton.CAPABILITIES,
 )
 dispatch.register("reward_head", "math", _reward_head_math)
+_HITS = dispatch.hits("reward_head")
+_compiling, _grad_enabled, _tensor_key = dispatch.compiling, dispatch.grad_enabled, dispatch.tensor_key
 
 
 def _check_inputs(motion: torch.Tensor, text: torch.Tensor) -> None:
@@ -61,8 +63,13 @@ def reward_head(
 
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
-    key = None if dispatch.compiling() else (dispatch.tensor_key(motion), dispatch.tensor_key(text))
-    impl = dispatch.cached("reward_head", backend, key) or dispatch.resolve(
-        "reward_head", backend, _check_inputs, key=key, motion=motion, text=text
-    )
+    if _compiling():
+        key = None
+    else:  # the memo key (see dispatch.resolve)
+        key = (backend, _grad_enabled(), _tensor_key(motion), _tensor_key(text))
+        hit = _HITS.get(key)
+        if hit is not None:
+            hit.calls += 1
+            return hit.fn(motion, text, eps=eps)
+    impl = dispatch.resolve("reward_head", backend, _check_inputs, key=key, motion=motion, text=text)
     return impl.fn(motion, text, eps=eps)

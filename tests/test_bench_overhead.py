@@ -1,0 +1,38 @@
+"""``easytune.bench.overhead``: the per-op rows and the loop row, on tiny budgets (the figures themselves are
+benchmarks, not tested): the right backends, finite numbers, and nothing left stubbed behind."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from easytune import ops
+from easytune.bench import overhead
+
+
+def test_op_overhead_rows_and_the_ops_still_compute_afterwards():
+    rows = overhead.op_overhead("cpu", calls=5, blocks=3)
+    assert [r["op"] for r in rows] == ["attention", "guided_step", "reward_head"]
+    assert {r["op"]: r["backend"] for r in rows} == {
+        "attention": "sdpa",
+        "guided_step": "math",
+        "reward_head": "math",
+    }
+    for r in rows:
+        for field in ("auto_us", "bare_us", "overhead_us", "dispatch_us"):
+            assert math.isfinite(r[field]), (r["op"], field)
+        assert r["auto_us"] > 0 and r["bare_us"] > 0
+        assert r["passes"] == (max(r["overhead_us"], r["dispatch_us"]) <= overhead.OP_TARGET_US)
+    # the timing stubs out each backend's function: the memo must not keep serving the stub
+    x, a = torch.randn(2, 1, 8), torch.full((2,), 0.5)
+    _, x0, prev = ops.guided_step(x, x, x, a, a, guidance_scale=2.0)
+    assert x0 is not None and prev.shape == x.shape
+    assert torch.allclose(ops.reward_head(x[:, 0], x[:, 0]), torch.ones(2))
+
+
+def test_paired_median_is_the_median_of_block_differences():
+    times = {"a": [5.0, 7.0, 9.0, 4.0], "b": [1.0, 1.0, 2.0, 3.0]}
+    assert overhead._paired_median(times, "a", "b") == (4.0 + 6.0) / 2  # diffs 4, 6, 7, 1
+    times = {"a": [3.0, 5.0, 4.0], "b": [1.0, 1.0, 1.0]}
+    assert overhead._paired_median(times, "a", "b") == 3.0
