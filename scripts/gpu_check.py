@@ -14,8 +14,8 @@ Stages (GPU sizes; ``--dry-run``: the same on the CPU at tiny sizes, skipping on
   2 kernels   attention fwd/bwd at B=128, H=4, D=64, T in {64, 196} (bf16, random padding) against
               SDPA with the mask, FlexAttention and cuda; guided step and reward head against copy bandwidth
   3 methods   ``bench methods --preset mld --batch 64``: EasyTune-1/10/50, DRaFT-1/10/50 eager fp32, and
-              EasyTune-10 / DRaFT-50 on the fast path (reduce-overhead CUDA graphs + bf16), each with and
-              without ``--checkpoint-frozen``
+              EasyTune-10 / DRaFT-50 on the fast path (reduce-overhead CUDA graphs + bf16), each also with
+              ``--checkpoint-frozen`` and with ``--frame-layout packed`` (the rest padded)
   4 profile   one EasyTune-10 trajectory under the profiler (kernels per update, top kernels, GPU busy)
   5 ttr       time to reward, EasyTune-10 vs DRaFT-50, mld preset, 60 s each
 
@@ -89,8 +89,8 @@ def sizes(dry: bool) -> dict[str, Any]:
         "fast": {"precision": "bf16", "compile": "reduce-overhead"},
         "profile": {"preset": "mld", "batch": 64, "k": 10, "steps": 50},
         "ttr": {"preset": "mld", "batch": 64, "steps": 50, "budget_s": 60, "cases": "easytune-10,draft-50"},
-        # 480 s in all: the 8-minute bound (a stage that finishes early leaves the slack unused)
-        "timeouts": {"env": 30, "tests": 75, "kernels": 55, "methods": 150, "profile": 30, "ttr": 140},
+        # 500 s in all (a stage that finishes early leaves the slack unused)
+        "timeouts": {"env": 30, "tests": 75, "kernels": 55, "methods": 170, "profile": 30, "ttr": 140},
     }
 
 
@@ -271,14 +271,16 @@ def stage_methods(out: Path, dry: bool, cfg: dict[str, Any], env: dict[str, str]
     runs = []
     budget = cfg["timeouts"]["methods"]
     t0 = time.perf_counter()
-    variants = [
-        ("eager", cfg["eager_cases"], {}, False),
-        ("eager-ckpt", cfg["fast_cases"], {}, True),
-        ("fast", cfg["fast_cases"], cfg["fast"], False),
-        ("fast-ckpt", cfg["fast_cases"], cfg["fast"], True),
+    variants = [  # name, cases, fast path, checkpoint_frozen, frame layout of the frozen models
+        ("eager", cfg["eager_cases"], {}, False, "padded"),
+        ("eager-packed", cfg["fast_cases"], {}, False, "packed"),
+        ("eager-ckpt", cfg["fast_cases"], {}, True, "padded"),
+        ("fast", cfg["fast_cases"], cfg["fast"], False, "padded"),
+        ("fast-packed", cfg["fast_cases"], cfg["fast"], False, "packed"),
+        ("fast-ckpt", cfg["fast_cases"], cfg["fast"], True, "padded"),
     ]
     statuses = []
-    for name, cases, fast, ckpt in variants:
+    for name, cases, fast, ckpt, layout in variants:
         left = budget - (time.perf_counter() - t0)
         if left < 10:
             log(f"methods/{name}: skipped (stage budget spent)")
@@ -314,6 +316,7 @@ def stage_methods(out: Path, dry: bool, cfg: dict[str, Any], env: dict[str, str]
             cmd += ["--compile", fast["compile"]]
         if ckpt:
             cmd += ["--checkpoint-frozen"]
+        cmd += ["--frame-layout", layout]
         statuses.append(run(cmd, env, left, log, f"methods/{name}")["status"])
         runs.append(path)
     merge_results(runs, out / "methods.json")

@@ -84,6 +84,16 @@ def test_targets_pass_and_fail():
     assert per_k["EasyTune-10 wall seconds/update / DRaFT-50's"]["verdict"] == "pass"
 
 
+def test_frame_layouts_are_separate_groups_and_rows_without_one_ran_padded():
+    padded = _methods_rows()
+    packed = [{**r, "frame_layout": "packed", "peak_bytes": r["peak_bytes"] // 2} for r in _methods_rows()]
+    old = [{**r, "frame_layout": "padded"} for r in _methods_rows()]  # same group as rows without the field
+    targets = method_targets(padded + packed)
+    groups = {t["group"] for t in targets}
+    assert len(groups) == 2 and any("frame_layout=packed" in g for g in groups), groups
+    assert {t["group"] for t in method_targets(padded + old)} == {t["group"] for t in method_targets(padded)}
+
+
 def test_report_writes_markdown_and_plots(tmp_path):
     rows = _methods_rows() + [
         _kernel("sdpa-mask", 2e-3),

@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 import easytune as et
 from easytune.diffusion import DDIMScheduler
 from easytune.generation import MotionPipeline
+from easytune.models import packing
 from easytune.models.families import FAMILIES
 from easytune.models.presets import MLD_SCHEDULER, build_model, get_preset, model_config
 from easytune.models.reward import build_reward_model
@@ -34,7 +35,7 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _trainer(method, n_steps: int, device: str = "cpu"):
+def _trainer(method, n_steps: int, device: str = "cpu", frame_layout: str = "auto"):
     torch.manual_seed(0)
     preset = get_preset("tiny")
     preset["vae"].update(latent_dim=16, ff_size=32, num_layers=1, num_heads=2)
@@ -56,7 +57,7 @@ def _trainer(method, n_steps: int, device: str = "cpu"):
         mean=torch.zeros(263),
         std=torch.ones(263),
     )
-    parts = build_finetuning(pipe, reward, lr=1e-4)
+    parts = build_finetuning(pipe, reward, lr=1e-4, frame_layout=frame_layout)
     obj = parts.objective
     trainer = et.Trainer(
         obj.denoise,
@@ -109,11 +110,14 @@ def test_the_fused_optimizer_skips_a_non_finite_update_on_the_device_and_trainin
 
 
 @pytest.mark.gpu
-def test_a_cuda_trajectory_makes_no_host_sync(monkeypatch):
+@pytest.mark.parametrize("frame_layout", ["padded", "packed"])
+def test_a_cuda_trajectory_makes_no_host_sync(monkeypatch, frame_layout):
     """Every denoising step, reward, backward and optimizer update of the trajectory runs with sync debug
-    mode "error"; only the trajectory's one read of its statistics (``Trainer._read``) may sync."""
-    trainer, batch = _trainer(et.methods.EasyTune(k=3), 6, "cuda")
+    mode "error"; only the trajectory's one read of its statistics (``Trainer._read``) may sync. Packed
+    frames: the layout comes from the batch's host lengths (no read)."""
+    trainer, batch = _trainer(et.methods.EasyTune(k=3), 6, "cuda", frame_layout)
     trainer.step(batch)  # warm-up: tables, text latents, optimizer state
+    packing._LAYOUTS.clear()  # the packed layout is built again inside the checked trajectory
     read = trainer._read
     reads = []
 

@@ -129,6 +129,7 @@ class Setup:
     seed: int
     checkpoint_frozen: bool = False
     precision: str = "fp32"
+    frame_layout: str = "auto"
 
     @property
     def model(self) -> torch.nn.Module:
@@ -158,6 +159,7 @@ class Setup:
             self.reward_model,
             lr=lr,
             checkpoint_frozen=self.checkpoint_frozen,
+            frame_layout=self.frame_layout,
             precision=self.precision,
         )
         return Trainer(
@@ -206,13 +208,15 @@ def build_setup(
     reward_checkpoint: str | None = None,
     checkpoint_frozen: bool = False,
     precision: str = "fp32",
+    frame_layout: str = "auto",
 ) -> Setup:
     """Models of ``preset`` (``mld`` | ``tiny``) on ``device``, freshly initialised from ``seed`` unless
     ``checkpoint`` (an MLD checkpoint with a config) / ``reward_checkpoint`` (a reward checkpoint or
     ``default``) are given, and a batch of ``batch`` captions with lengths from ``motion_lengths``.
     VAE and reward model are frozen; the denoiser is in eval mode (dropout off: the methods then differ
     only in their gradients). ``checkpoint_frozen``: per-layer activation checkpointing in the VAE and
-    the reward model (``easytune.models.layers.set_gradient_checkpointing``)."""
+    the reward model (``easytune.models.layers.set_gradient_checkpointing``); ``frame_layout``: their frames
+    padded or packed (``auto``: the measured default of the device type; ``models.packing``)."""
     from easytune.checkpoint import load_checkpoint
     from easytune.diffusion import DDIMScheduler
     from easytune.generation import MotionPipeline
@@ -260,11 +264,18 @@ def build_setup(
     )
     # The same freezing (VAE, reward model), eval mode and activation checkpointing as `easytune finetune`.
     objective = build_finetuning(
-        pipe, reward_model, lr=1e-5, checkpoint_frozen=checkpoint_frozen, precision=precision
+        pipe,
+        reward_model,
+        lr=1e-5,
+        checkpoint_frozen=checkpoint_frozen,
+        frame_layout=frame_layout,
+        precision=precision,
     ).objective
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
     data = objective.batch(captions, motion_lengths(batch, seed), device)
-    return Setup(preset, device, data, pipe, reward_model, objective, seed, checkpoint_frozen, precision)
+    return Setup(
+        preset, device, data, pipe, reward_model, objective, seed, checkpoint_frozen, precision, frame_layout
+    )
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -298,16 +309,25 @@ def prepare_method_case(
     checkpoint_frozen: bool = False,
     precision: str = "fp32",
     compile: str | None = None,
+    frame_layout: str = "auto",
 ) -> PreparedCase:
     """Steps 1-2 of the module docstring: no-grad pass, warm-up, one trainer step under the memory meters."""
     from easytune.bench.memory import LiveTensorMeter, PeakMemory, SavedTensorsMeter, tensor_bytes
     from easytune.bench.timing import time_once
+    from easytune.training.objective import resolve_frame_layout
 
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
     case = MethodCase(method, k)
     setup = build_setup(
-        preset, device, batch, steps, seed, checkpoint_frozen=checkpoint_frozen, precision=precision
+        preset,
+        device,
+        batch,
+        steps,
+        seed,
+        checkpoint_frozen=checkpoint_frozen,
+        precision=precision,
+        frame_layout=frame_layout,
     )
     dev, cuda = setup.device, setup.device.type == "cuda"
     weights = tensor_bytes(
@@ -353,6 +373,7 @@ def prepare_method_case(
         "ddim_steps": steps,
         "guidance_scale": setup.guidance_scale,
         "checkpoint_frozen": checkpoint_frozen,
+        "frame_layout": resolve_frame_layout(frame_layout, dev),
         "precision": precision,
         "compile": compile,
         "warmup_seconds": warmup_seconds,
@@ -429,6 +450,7 @@ def measure_method_case(
     checkpoint_frozen: bool = False,
     precision: str = "fp32",
     compile: str | None = None,
+    frame_layout: str = "auto",
 ) -> dict[str, Any]:
     """Measure one case (see the module docstring); returns its result row (without the case id), with
     ``backends``: which backend ran each op during the timed steps (``ops.dispatch.call_counts``)."""
@@ -439,7 +461,18 @@ def measure_method_case(
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     prepared = prepare_method_case(
-        preset, device, batch, method, k, steps, warmup, seed, checkpoint_frozen, precision, compile
+        preset,
+        device,
+        batch,
+        method,
+        k,
+        steps,
+        warmup,
+        seed,
+        checkpoint_frozen,
+        precision,
+        compile,
+        frame_layout,
     )
     dev = prepared.setup.device
     cuda = dev.type == "cuda"
@@ -491,6 +524,7 @@ def run_methods(
     precision: str = "fp32",
     compile: str | None = None,
     show_progress: bool = False,
+    frame_layout: str = "auto",
 ) -> list[dict[str, Any]]:
     """One row per case (``kind: method``); a fresh process per case when ``isolate``. A failing case
     becomes a row with ``status: "failed"`` and the error, and the others still run. Case ids end in
@@ -514,6 +548,7 @@ def run_methods(
             "checkpoint_frozen": checkpoint_frozen,
             "precision": precision,
             "compile": compile,
+            "frame_layout": frame_layout,
         }
         case_id = f"{case.label}/{preset}/b{batch}/{torch.device(device).type}" + (
             "/ckpt" if checkpoint_frozen else ""
@@ -522,6 +557,8 @@ def run_methods(
             case_id += f"/{precision}"
         if compile:
             case_id += f"/compile-{compile}"
+        if frame_layout != "auto":
+            case_id += f"/{frame_layout}"
         log(f"[bench methods] {case_id} ...")
         try:
             if isolate:

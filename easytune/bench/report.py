@@ -41,6 +41,7 @@ def _group_key(row: dict[str, Any]) -> tuple:
         row.get("batch"),
         row.get("dtype"),
         bool(row.get("checkpoint_frozen")),
+        row.get("frame_layout") or "padded",  # rows written before the option ran padded
     )
 
 
@@ -57,7 +58,7 @@ def method_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not easy:
             continue
         draft50 = next((r for r in members if r.get("method") == "DRaFT" and r.get("k") == 50), None)
-        label = "preset={} device={} batch={} dtype={} checkpoint_frozen={}".format(*key)
+        label = "preset={} device={} batch={} dtype={} checkpoint_frozen={} frame_layout={}".format(*key)
         peaks = [r["peak_bytes"] for r in easy if r.get("peak_bytes")]
         checks = []
         if len(peaks) >= 2:
@@ -153,6 +154,7 @@ def _methods_md(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in sorted(rows, key=lambda r: (str(_group_key(r)), str(r.get("method")), r.get("k") or 0)):
         preset = f"{r.get('preset')}" + (" (ckpt)" if r.get("checkpoint_frozen") else "")
+        preset += " (packed)" if r.get("frame_layout") == "packed" else ""
         cells = [r.get("method"), _num(r.get("k"), "d"), preset, r.get("device"), r.get("batch")]
         if r.get("status") in ("skipped", "failed"):
             lines.append(
@@ -295,7 +297,7 @@ def _plot_memory_vs_k(plt: Any, rows: list[dict[str, Any]], path: Path) -> bool:
     if not series:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (method, preset, device, batch, _, ckpt), members in sorted(
+    for (method, preset, device, batch, _, ckpt, layout), members in sorted(
         series.items(), key=lambda kv: str(kv[0])
     ):
         members.sort(key=lambda r: r["k"])
@@ -305,7 +307,9 @@ def _plot_memory_vs_k(plt: Any, rows: list[dict[str, Any]], path: Path) -> bool:
                 ks,
                 [(r.get(field) or 0) / MiB for r in members],
                 marker="o",
-                label=f"{method} {preset} {device} b{batch}" + (" ckpt" if ckpt else ""),
+                label=f"{method} {preset} {device} b{batch}"
+                + (" ckpt" if ckpt else "")
+                + (" packed" if layout == "packed" else ""),
             )
     for ax, title in zip(axes, ("peak memory (MiB)", "additional over no-grad sampling (MiB)")):
         ax.set_yscale("log")  # batch sizes 2..64 share the axes

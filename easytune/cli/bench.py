@@ -72,6 +72,13 @@ def register(subparsers: Any) -> None:
         help="per-layer activation checkpointing in the frozen VAE and reward model (all methods)",
     )
     m.add_argument(
+        "--frame-layout",
+        choices=("auto", "padded", "packed"),
+        default="auto",
+        help="frames in the frozen VAE decoder and reward model: padded, or packed (valid frames only); "
+        "auto: the measured default of the device type",
+    )
+    m.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
@@ -228,6 +235,7 @@ def _methods(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile=args.compile,
         show_progress=not args.no_progress,
+        frame_layout=args.frame_layout,
     )
     _write(args.json, rows, args.device, vars_config(args))
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from easytune.errors import ConfigError
+from easytune.models.packing import FRAME_LAYOUTS, PackedLayout, frame_layout
 from easytune.ops import attention
 from easytune.ops.lengths import check_range
 
@@ -41,6 +42,8 @@ class MultiheadAttention(nn.Module):
 
     ``forward(x [B, Tq, C], memory [B, Tk, C] | None, q_lengths, kv_lengths) -> [B, Tq, C]``;
     ``memory=None`` is self-attention. ``dropout`` is applied to the attention weights in training.
+    With ``layout`` (``models.packing.PackedLayout`` of the queries), ``x`` and the result are the packed
+    valid queries [N, C]: the projections run on them, attention on the padded layout.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -56,7 +59,7 @@ class MultiheadAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.embed_dim // self.num_heads).transpose(1, 2)
+        return x.reshape(b, t, self.num_heads, self.embed_dim // self.num_heads).transpose(1, 2)
 
     def forward(
         self,
@@ -65,12 +68,14 @@ class MultiheadAttention(nn.Module):
         *,
         q_lengths: torch.Tensor | None = None,
         kv_lengths: torch.Tensor | None = None,
+        layout: PackedLayout | None = None,
     ) -> torch.Tensor:
         c = self.embed_dim
+        padded = (lambda t: t) if layout is None else layout.unpack
         if memory is None:
-            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = padded(F.linear(x, self.in_proj_weight, self.in_proj_bias)).chunk(3, dim=-1)
         else:
-            q = F.linear(x, self.in_proj_weight[:c], self.in_proj_bias[:c])
+            q = padded(F.linear(x, self.in_proj_weight[:c], self.in_proj_bias[:c]))
             k, v = F.linear(memory, self.in_proj_weight[c:], self.in_proj_bias[c:]).chunk(2, dim=-1)
         out = attention(
             self._heads(q),
@@ -80,13 +85,15 @@ class MultiheadAttention(nn.Module):
             kv_lengths=kv_lengths,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], c))
+        out = out.transpose(1, 2).reshape(q.shape[0], q.shape[1], c)
+        return self.out_proj(out if layout is None else layout.pack(out))
 
 
 class TransformerEncoderLayer(nn.Module):
     """Post-norm encoder layer (``nn.TransformerEncoderLayer`` names): self-attention then feed-forward.
 
-    ``forward(x [B, T, C], lengths [B] | None) -> [B, T, C]``.
+    ``forward(x [B, T, C], lengths [B] | None) -> [B, T, C]``; with ``layout`` x and the result are the
+    packed valid tokens [N, C] (``models.packing``).
     """
 
     def __init__(
@@ -109,15 +116,19 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = activation(act)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm1(x + self.dropout1(self.self_attn(x, q_lengths=lengths, kv_lengths=lengths)))
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, layout: PackedLayout | None = None
+    ) -> torch.Tensor:
+        attn = self.self_attn(x, q_lengths=lengths, kv_lengths=lengths, layout=layout)
+        x = self.norm1(x + self.dropout1(attn))
         return self.norm2(x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x))))))
 
 
 class TransformerDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention, cross-attention to ``memory`` (all valid), feed-forward.
 
-    ``forward(x [B, T, C], memory [B, M, C], lengths [B] | None) -> [B, T, C]``.
+    ``forward(x [B, T, C], memory [B, M, C], lengths [B] | None) -> [B, T, C]``; with ``layout`` x and the
+    result are the packed valid queries [N, C] (``models.packing``).
     """
 
     def __init__(
@@ -144,10 +155,16 @@ class TransformerDecoderLayer(nn.Module):
         self.activation = activation(act)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        layout: PackedLayout | None = None,
     ) -> torch.Tensor:
-        x = self.norm1(x + self.dropout1(self.self_attn(x, q_lengths=lengths, kv_lengths=lengths)))
-        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, q_lengths=lengths)))
+        x = self.norm1(
+            x + self.dropout1(self.self_attn(x, q_lengths=lengths, kv_lengths=lengths, layout=layout))
+        )
+        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, q_lengths=lengths, layout=layout)))
         return self.norm3(x + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x))))))
 
 
@@ -157,9 +174,14 @@ class _SkipStack(nn.Module):
 
     ``gradient_checkpointing`` (see ``set_gradient_checkpointing``): when grad is enabled, each layer keeps
     only its input for backward and recomputes its activations there (same outputs and gradients, about
-    one extra forward of compute)."""
+    one extra forward of compute).
+
+    ``frame_layout`` (see ``set_frame_layout``): ``padded`` runs every layer on ``[B, T, C]``; ``packed``
+    packs the valid tokens once (``models.packing``), runs the per-token work on them only and unpacks the
+    result (padded tokens then come out zero; valid ones equal the padded layout's up to float rounding)."""
 
     gradient_checkpointing = False
+    frame_layout = "padded"
 
     def __init__(
         self, make_layer: Callable[[], nn.Module], num_layers: int, d_model: int, norm_eps: float = 1e-5
@@ -178,6 +200,13 @@ class _SkipStack(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+    def _stack(self, x: torch.Tensor, lengths: torch.Tensor | None, *memory: torch.Tensor) -> torch.Tensor:
+        """Every layer on ``x`` [B, T, C] (``memory``: the decoder's), in the stack's frame layout."""
+        layout = frame_layout(lengths, x.shape[1]) if self.frame_layout == "packed" else None
+        if layout is None:
+            return self._run(x, lambda block, h: block(h, *memory, lengths))
+        return layout.unpack(self._run(layout.pack(x), lambda block, h: block(h, *memory, lengths, layout)))
 
     def _run(self, x: torch.Tensor, layer: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -206,6 +235,17 @@ def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     return len(stacks)
 
 
+def set_frame_layout(module: nn.Module, layout: str = "padded") -> int:
+    """Run every skip transformer inside ``module`` in ``layout`` (``padded | packed``, see ``_SkipStack``);
+    returns how many stacks were set."""
+    if layout not in FRAME_LAYOUTS:
+        raise ConfigError(f"frame layout must be one of {FRAME_LAYOUTS}, got {layout!r}")
+    stacks = [m for m in module.modules() if isinstance(m, _SkipStack)]
+    for m in stacks:
+        m.frame_layout = layout
+    return len(stacks)
+
+
 class SkipTransformerEncoder(_SkipStack):
     """MLD's ``SkipTransformerEncoder``: ``forward(x [B, T, C], lengths) -> [B, T, C]``."""
 
@@ -227,7 +267,7 @@ class SkipTransformerEncoder(_SkipStack):
         )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self._run(x, lambda block, h: block(h, lengths))
+        return self._stack(x, lengths)
 
 
 class SkipTransformerDecoder(_SkipStack):
@@ -254,7 +294,7 @@ class SkipTransformerDecoder(_SkipStack):
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self._run(x, lambda block, h: block(h, memory, lengths))
+        return self._stack(x, lengths, memory)
 
 
 class LearnedPositionalEncoding(nn.Module):

@@ -168,7 +168,7 @@ def attention(
     (see ``easytune.ops.dispatch``); differentiable in q, k, v on every backend but ``cuda``.
     """
     if _compiling():
-        key = None
+        key = hit = None
     else:  # the memo key (see dispatch.resolve); TF32 enters the Triton kernel's auto reasons
         key = (
             backend,
@@ -182,25 +182,22 @@ def attention(
             dropout_p,
         )
         hit = _HITS.get(key)
-        if hit is not None:
-            hit.calls += 1
-            if q_lengths is not None or kv_lengths is not None:
-                _check_lengths_range(q, k, q_lengths, kv_lengths)
-            return hit.fn(
-                q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p
-            )
-    impl = dispatch.resolve(
-        "attention",
-        backend,
-        _check_inputs,
-        key=key,
-        q=q,
-        k=k,
-        v=v,
-        q_lengths=q_lengths,
-        kv_lengths=kv_lengths,
-        dropout_p=dropout_p,
-    )
+    if hit is None:  # the first call of this signature, or traced by torch.compile
+        fn = dispatch.resolve(
+            "attention",
+            backend,
+            _check_inputs,
+            key=key,
+            q=q,
+            k=k,
+            v=v,
+            q_lengths=q_lengths,
+            kv_lengths=kv_lengths,
+            dropout_p=dropout_p,
+        ).fn
+    else:
+        hit.calls += 1
+        fn = hit.fn
     if q_lengths is not None or kv_lengths is not None:
         _check_lengths_range(q, k, q_lengths, kv_lengths)
-    return impl.fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)
+    return fn(q, k, v, q_lengths=q_lengths, kv_lengths=kv_lengths, scale=scale, dropout_p=dropout_p)

@@ -297,7 +297,7 @@ def guided_step(
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
     if _compiling():
-        key = None
+        key = hit = None
     else:  # the memo key, from plain attribute reads (see dispatch.resolve and what it omits above)
         key = (
             backend,
@@ -316,35 +316,26 @@ def guided_step(
             None if noise is None else _data_key(noise),
         )
         hit = _HITS.get(key)
-        if hit is not None:
-            hit.calls += 1
-            return hit.fn(
-                model_cond,
-                model_uncond,
-                sample,
-                alpha_prod_t,
-                alpha_prod_t_prev,
-                guidance_scale=guidance_scale,
-                prediction_type=prediction_type,
-                eta=eta,
-                noise=noise,
-            )
-    impl = dispatch.resolve(
-        "guided_step",
-        backend,
-        _check_inputs,
-        key=key,
-        model_cond=model_cond,
-        model_uncond=model_uncond,
-        sample=sample,
-        eta=eta,
-        noise=noise,
-        prediction_type=prediction_type,
-        alpha_prod_t=alpha_prod_t,
-        alpha_prod_t_prev=alpha_prod_t_prev,
-        guidance_scale=guidance_scale,
-    )
-    return impl.fn(
+    if hit is None:  # the first call of this signature, or traced by torch.compile
+        fn = dispatch.resolve(
+            "guided_step",
+            backend,
+            _check_inputs,
+            key=key,
+            model_cond=model_cond,
+            model_uncond=model_uncond,
+            sample=sample,
+            eta=eta,
+            noise=noise,
+            prediction_type=prediction_type,
+            alpha_prod_t=alpha_prod_t,
+            alpha_prod_t_prev=alpha_prod_t_prev,
+            guidance_scale=guidance_scale,
+        ).fn
+    else:
+        hit.calls += 1
+        fn = hit.fn
+    return fn(
         model_cond,
         model_uncond,
         sample,

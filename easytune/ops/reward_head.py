@@ -64,12 +64,13 @@ def reward_head(
     ``backend``: ``auto | triton | cuda | math`` (see ``easytune.ops.dispatch``).
     """
     if _compiling():
-        key = None
+        key = hit = None
     else:  # the memo key (see dispatch.resolve)
         key = (backend, _grad_enabled(), _tensor_key(motion), _tensor_key(text))
         hit = _HITS.get(key)
-        if hit is not None:
-            hit.calls += 1
-            return hit.fn(motion, text, eps=eps)
-    impl = dispatch.resolve("reward_head", backend, _check_inputs, key=key, motion=motion, text=text)
-    return impl.fn(motion, text, eps=eps)
+    if hit is None:  # the first call of this signature, or traced by torch.compile
+        fn = dispatch.resolve("reward_head", backend, _check_inputs, key=key, motion=motion, text=text).fn
+    else:
+        hit.calls += 1
+        fn = hit.fn
+    return fn(motion, text, eps=eps)

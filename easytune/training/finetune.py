@@ -141,6 +141,7 @@ class Run:
             lora_rank=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
             checkpoint_frozen=cfg.checkpoint_frozen,
+            frame_layout=cfg.frame_layout,
             precision=cfg.precision,
             reward_terms=cfg.parsed_reward_terms(),
         )

@@ -72,6 +72,12 @@ class FinetuneConfig:
     checkpoint_frozen: bool = option(
         False, "activation checkpointing in the frozen VAE decoder and reward model (less memory)"
     )
+    frame_layout: str = option(
+        "auto",
+        "frames in the frozen VAE decoder and reward model: padded, or packed (valid frames only: "
+        "fewer GEMM rows); auto: the one measured faster on the device type (docs/bench.md)",
+        choices=("auto", "padded", "packed"),
+    )
     ema: float | None = option(None, "keep an EMA of the weights with this decay", metavar="DECAY")
     lora_rank: int | None = option(None, "train LoRA adapters of this rank only (unset: full fine-tuning)")
     lora_alpha: float = option(16.0, "LoRA scale numerator")
@@ -226,7 +232,7 @@ RESUME_CHECKED = (
     "method", "method_options", "base", "reward", "data", "batch_size", "lr", "warmup", "lr_schedule",
     "weight_decay", "max_grad_norm", "guidance_scale", "num_inference_steps", "reward_weight", "reward_terms",
     "precision",
-    "checkpoint_frozen", "ema", "lora_rank", "lora_alpha", "reg_weight", "seed",
+    "checkpoint_frozen", "frame_layout", "ema", "lora_rank", "lora_alpha", "reg_weight", "seed",
 )  # fmt: skip
 
 

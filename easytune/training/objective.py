@@ -32,6 +32,18 @@ def set_precision(precision: str) -> None:
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
+def resolve_frame_layout(frame_layout: str, device: torch.device) -> str:
+    """``padded | packed`` for ``--frame-layout`` (``auto``: ``models.packing.FRAME_LAYOUTS_AUTO`` of the
+    device type, padded where unmeasured)."""
+    from easytune.models.packing import FRAME_LAYOUTS, FRAME_LAYOUTS_AUTO
+
+    if frame_layout == "auto":
+        return FRAME_LAYOUTS_AUTO.get(device.type, "padded")
+    if frame_layout not in FRAME_LAYOUTS:
+        raise ConfigError(f"--frame-layout must be one of {('auto', *FRAME_LAYOUTS)}, got {frame_layout!r}")
+    return frame_layout
+
+
 class RewardObjective:
     """The trainer's callables for a loaded generator + reward model: ``denoise``, ``decode``, ``reward`` and
     ``batch`` (captions + frame lengths -> the trainer's batch dict: ``cond``, ``uncond``, ``captions``,
@@ -110,7 +122,7 @@ class RewardObjective:
                 f"{host[:8]}"
             )
         lens = torch.tensor(host, dtype=torch.int64).to(device)
-        lengths_range.mark_checked(lens, min(host), max(host))  # known on the host: no model reads it again
+        lengths_range.mark_host(lens, host)  # known on the host: no model reads it again
         cond, uncond = self.pipe.conditions(captions, lens, device)
         return {
             "cond": cond,
@@ -145,24 +157,29 @@ def build_finetuning(
     lora_rank: int | None = None,
     lora_alpha: float = 16.0,
     checkpoint_frozen: bool = False,
+    frame_layout: str = "auto",
     precision: str = "fp32",
     reward_terms: list[tuple[str, float]] | None = None,
 ) -> FinetuneModels:
     """Freeze the reward path, prepare the trainable module and its optimizer (see the module docstring).
 
     ``checkpoint_frozen``: per-layer activation checkpointing in the VAE decoder and the reward model (same
-    losses and gradients, less memory). ``precision``: ``fp32 | tf32 | bf16`` (see ``RewardObjective``).
+    losses and gradients, less memory). ``frame_layout``: ``padded | packed`` frames in the VAE decoder and
+    the reward model (``models.packing``; same results up to float rounding), ``auto`` the measured faster
+    one for the models' device type. ``precision``: ``fp32 | tf32 | bf16`` (see ``RewardObjective``).
     Raises ``ConfigError`` if anything outside the trainable parameters
     would still receive gradients.
     """
-    from easytune.models.layers import set_gradient_checkpointing
+    from easytune.models.layers import set_frame_layout, set_gradient_checkpointing
     from easytune.training.lora import apply_lora
 
     check_number("--lr", lr, low=0.0, low_open=True)
+    layout = resolve_frame_layout(frame_layout, next(pipe.model.parameters()).device)
     frozen = [reward_model, *pipe.family.frozen(pipe.model)]
     for module in frozen:
         module.eval().requires_grad_(False)
         set_gradient_checkpointing(module, checkpoint_frozen)
+        set_frame_layout(module, layout)
     trainable = pipe.trainable
     trainable.eval()
     lora = apply_lora(trainable, lora_rank, lora_alpha) if lora_rank is not None else None
