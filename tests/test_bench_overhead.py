@@ -36,3 +36,12 @@ def test_paired_median_is_the_median_of_block_differences():
     assert overhead._paired_median(times, "a", "b") == (4.0 + 6.0) / 2  # diffs 4, 6, 7, 1
     times = {"a": [3.0, 5.0, 4.0], "b": [1.0, 1.0, 1.0]}
     assert overhead._paired_median(times, "a", "b") == 3.0
+    times = {"a": [2.0, 3.3, 4.0], "b": [1.0, 3.0, 2.0]}
+    assert overhead._paired_ratio(times, "a", "b") == 2.0  # ratios 2, 1.1, 2
+
+
+def test_loop_overhead_row():
+    row = overhead.loop_overhead("cpu", steps=3, blocks=2)
+    assert row["case"] == "loop/tiny/b1/3/cpu"
+    assert row["easytune_s"] > 0 and row["hand_s"] > 0 and math.isfinite(row["ratio"])
+    assert row["passes"] == (row["ratio"] <= overhead.LOOP_TARGET)
