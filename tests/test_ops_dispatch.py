@@ -262,6 +262,24 @@ def test_the_entry_points_keys_hold_every_input_their_validation_reads():
     assert sorted(key[0] or "" for key in memo) == ["", "math"]
 
 
+def test_guided_step_tensors_on_another_device_are_refused_on_a_memo_hit(monkeypatch):
+    """The memo key holds only ``sample``'s device: a memoised call with a model output elsewhere is refused
+    by the backend (the kernels' ``check_devices``; torch itself on the math backend)."""
+    x, a = torch.randn(2, 3), torch.rand(2)
+    other = torch.randn(2, 3, device="meta")
+    ops.guided_step(x, x, x, a, a, guidance_scale=2.0)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        ops.guided_step(other, x, x, a, a, guidance_scale=2.0)  # math: torch refuses the mix
+    monkeypatch.setattr(_triton, "interpreting", lambda: True)
+    ops.guided_step(x, x, x, a, a, guidance_scale=2.0, backend="triton")
+    with pytest.raises(ConfigError, match="model_uncond is on meta and sample on cpu"):
+        ops.guided_step(x, other, x, a, a, guidance_scale=2.0, backend="triton")
+    with pytest.raises(
+        ConfigError, match="model_cond is on meta"
+    ):  # the cuda backend checks before its library
+        ops.cuda._guided_step_cuda(other, x, x, a, a, 2.0)
+
+
 def test_guided_step_choice_ignores_what_its_memo_key_omits(monkeypatch):
     """``guided_step``'s memo key leaves out grad mode and the data tensors' requires_grad: valid only while
     every backend is differentiable and no reason reads them (a forward-only backend must put them back)."""
@@ -284,6 +302,22 @@ def test_guided_step_choice_ignores_what_its_memo_key_omits(monkeypatch):
         2
     ].sum().backward()  # ... same key, still differentiable
     assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+def test_compiling_is_true_only_in_traced_code_and_is_not_guarded_on():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def f(x):
+        return x + 1 if dispatch.compiling() else x - 1
+
+    assert not dispatch.compiling()
+    assert [f(torch.zeros(2)).tolist() for _ in range(3)] == [[1.0, 1.0]] * 3
+    assert counter.frame_count == 1  # a guard on the flag would recompile at every call
+    torch._dynamo.reset()
 
 
 def test_compiled_ops_trace_once_and_count_their_backend():

@@ -34,6 +34,7 @@ from easytune.ops._cuda_lib import (
     load_library,
     not_found_message,
 )
+from easytune.ops.guided_step import check_devices
 
 __all__ = [
     "CudaOpError",
@@ -420,6 +421,7 @@ def _guided_step_cuda(
 ):
     if eta > 0 and noise is None:
         raise ValueError("guided_step: eta > 0 needs the noise tensor (same shape as sample)")
+    check_devices(model_cond, model_uncond, sample, noise if eta > 0 else None)
     return _OPS["guided_step"](
         model_cond.contiguous(),
         None if model_uncond is None else model_uncond.contiguous(),

@@ -262,7 +262,19 @@ def requested_backend(op: str, backend: str | None) -> str:
 
 _PLAIN = (bool, int, float, str, type(None))
 _Tensor = torch.Tensor
-_compiling = compiling = torch.compiler.is_compiling
+_compiler = torch.compiler
+if hasattr(_compiler, "_is_compiling_flag"):
+
+    @_compiler.assume_constant_result
+    def compiling() -> bool:
+        """``torch.compiler.is_compiling()`` in one frame instead of three (that also asks
+        ``torch.jit.is_scripting()``, which nothing here needs): the first thing every op's entry point
+        does. Dynamo evaluates it once at trace time (True) and keeps no guard on it."""
+        return _compiler._is_compiling_flag
+
+else:  # a torch without the flag
+    compiling = _compiler.is_compiling
+_compiling = compiling
 _grad_enabled = torch.is_grad_enabled
 # A tensor's part of a signature, in one C call: (device, dtype, shape, requires_grad).
 tensor_key = operator.attrgetter("device", "dtype", "shape", "requires_grad")

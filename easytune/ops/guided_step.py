@@ -37,11 +37,13 @@ PREDICTION_TYPES = DIFFUSION_PREDICTION_TYPES + FLOW_PREDICTION_TYPES
 _alpha_key = operator.attrgetter("shape", "requires_grad")
 _HITS = dispatch.hits("guided_step")
 _compiling, _input_key, _Tensor = dispatch.compiling, dispatch.input_key, torch.Tensor
-_data_key = operator.attrgetter("shape", "dtype", "device")
+_data_key = operator.attrgetter("shape", "dtype")
 # What the memo key of ``guided_step`` leaves out, because no check and no backend's reasons read it: grad
 # mode and the data tensors' requires_grad (every backend is differentiable in them; tested), the alphas'
 # device and dtype (converted) and the values of the guidance scale and the alphas (keyed by type: a sweep
 # over guidance scales or float alphas does not grow the memo). eta keys by value (its sign is checked).
+# Only the device of ``sample`` is keyed: the kernels check that the other data tensors share it
+# (``check_devices``), the math backend's torch ops refuse mixed devices themselves (each ~70 ns saved).
 
 
 def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -172,6 +174,18 @@ def _guided_step_math(
     return guided, x0, a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
+def check_devices(model_cond, model_uncond, sample, noise=None) -> None:
+    """The kernels' own check of what the memo key of ``guided_step`` leaves out: every data tensor on the
+    device of ``sample`` (the math backend needs none: torch refuses mixed devices itself)."""
+    device = sample.device
+    for name, t in (("model_cond", model_cond), ("model_uncond", model_uncond), ("noise", noise)):
+        if t is not None and t.device != device:
+            raise ConfigError(
+                f"guided_step: {name} is on {t.device} and sample on {device}; the data tensors must share "
+                "one device"
+            )
+
+
 def _guided_step_triton(
     model_cond,
     model_uncond,
@@ -185,6 +199,7 @@ def _guided_step_triton(
 ):
     from easytune_kernels.guided_step import guided_step as triton_guided_step
 
+    check_devices(model_cond, model_uncond, sample, noise if eta > 0 else None)
     return triton_guided_step(
         model_cond,
         model_uncond,
@@ -303,7 +318,6 @@ def guided_step(
             backend,
             model_cond.shape,
             model_cond.dtype,
-            model_cond.device,
             None if model_uncond is None else _data_key(model_uncond),
             sample.shape,
             sample.dtype,
