@@ -71,11 +71,12 @@ class MultiheadAttention(nn.Module):
         layout: PackedLayout | None = None,
     ) -> torch.Tensor:
         c = self.embed_dim
-        padded = (lambda t: t) if layout is None else layout.unpack
         if memory is None:
-            q, k, v = padded(F.linear(x, self.in_proj_weight, self.in_proj_bias)).chunk(3, dim=-1)
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = (qkv if layout is None else layout.unpack(qkv)).chunk(3, dim=-1)
         else:
-            q = padded(F.linear(x, self.in_proj_weight[:c], self.in_proj_bias[:c]))
+            q = F.linear(x, self.in_proj_weight[:c], self.in_proj_bias[:c])
+            q = q if layout is None else layout.unpack(q)
             k, v = F.linear(memory, self.in_proj_weight[c:], self.in_proj_bias[c:]).chunk(2, dim=-1)
         out = attention(
             self._heads(q),
