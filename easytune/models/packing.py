@@ -34,10 +34,10 @@ FRAME_LAYOUTS_AUTO = {"cpu": "packed"}
 
 class PackedLayout:
     """Where the ``N`` valid tokens of a padded ``[B, T, ...]`` batch sit: ``index`` int64 [N], the flat
-    positions ``b * T + j`` in batch order; ``lengths`` the int [B] tensor it was built from."""
+    positions ``b * T + j`` in batch order."""
 
-    def __init__(self, index: torch.Tensor, lengths: torch.Tensor, batch: int, tokens: int) -> None:
-        self.index, self.lengths, self.batch, self.tokens = index, lengths, batch, tokens
+    def __init__(self, index: torch.Tensor, batch: int, tokens: int) -> None:
+        self.index, self.batch, self.tokens = index, batch, tokens
 
     @property
     def size(self) -> int:
@@ -106,4 +106,4 @@ def frame_layout(lengths: torch.Tensor | None, tokens: int) -> PackedLayout | No
         _LAYOUTS[key] = index
     else:
         _LAYOUTS.move_to_end(key)
-    return PackedLayout(index, lengths, len(values), tokens)
+    return PackedLayout(index, len(values), tokens)

@@ -297,8 +297,8 @@ def input_key(value: Any) -> Any:
     return value if isinstance(value, _PLAIN) else type(value)
 
 
-# What an entry point's key reads besides its inputs (every key holds the backend argument and grad mode;
-# those of ops with a TF32-dependent reason also ``allow_tf32()``).
+# What an entry point's key may read besides its inputs: grad mode (where a backend is forward-only or a
+# reason reads it) and ``allow_tf32()`` (where a reason reads it); every key holds the backend argument.
 grad_enabled = _grad_enabled
 allow_tf32 = _ALLOW_TF32
 
@@ -316,11 +316,12 @@ def resolve(
     ``validate(**inputs)``: the op's checks of its inputs' metadata (shapes, dtypes, devices, option values),
     run with the first call of each signature only: a signature seen before passed them already.
     ``key``: the entry point's memo key (``hits``) for ``inputs``: a flat tuple of the backend argument, grad
-    mode (``grad_enabled()``), ``allow_tf32()`` where a reason reads it, and per input everything that
-    validation and the backends' reasons read (a tensor's shape, dtype, device, requires_grad; a value or
-    its type), built inline by the entry point from plain attribute reads (a loop over a dict of inputs
-    costs microseconds more on the hot path). Given, the choice is stored under it in ``hits(op)`` (the
-    entry point serves the next calls itself); else a full signature is derived from every input.
+    mode (``grad_enabled()``) and ``allow_tf32()`` where a backend's capabilities or reasons read them, and
+    per input everything that validation and the backends' reasons read (a tensor's shape, dtype, device,
+    requires_grad; a value or its type), built inline by the entry point from plain attribute reads (a
+    loop over a dict of inputs costs microseconds more on the hot path). Given, the choice is stored under
+    it in ``hits(op)`` (the entry point serves the next calls itself); else a full signature is derived
+    from every input.
 
     Under ``torch.compile`` (no key: Dynamo guards on the inputs' metadata itself) the choice is made once,
     at trace time, from the inputs' device, dtype, shape and requires_grad and the environment at that time.
