@@ -120,7 +120,7 @@ def test_set_frame_layout_refuses_an_unknown_layout_by_name():
 
 def test_build_finetuning_applies_the_layout_to_the_frozen_models_only():
     from easytune.bench.methods import build_setup
-    from easytune.training.objective import build_finetuning, resolve_frame_layout
+    from easytune.training.objective import build_finetuning
 
     setup = build_setup("tiny", "cpu", 2, steps=2)
     layouts = {
@@ -131,9 +131,9 @@ def test_build_finetuning_applies_the_layout_to_the_frozen_models_only():
     assert layouts == {"vae": {expected}, "reward": {expected}}  # auto on the CPU
     build_finetuning(setup.pipe, setup.reward_model, lr=1e-5, frame_layout="padded")
     assert {m.frame_layout for m in setup.reward_model.modules() if hasattr(m, "frame_layout")} == {"padded"}
-    assert resolve_frame_layout("auto", torch.device("meta")) == "padded"  # unmeasured device type
+    assert packing.resolve_frame_layout("auto", torch.device("meta")) == "padded"  # unmeasured device type
     with pytest.raises(ConfigError, match="--frame-layout must be one of"):
-        resolve_frame_layout("varlen", torch.device("cpu"))
+        packing.resolve_frame_layout("varlen", torch.device("cpu"))
 
 
 def test_packed_frames_under_bf16_autocast_match_the_padded_layout():

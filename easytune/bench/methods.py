@@ -314,7 +314,7 @@ def prepare_method_case(
     """Steps 1-2 of the module docstring: no-grad pass, warm-up, one trainer step under the memory meters."""
     from easytune.bench.memory import LiveTensorMeter, PeakMemory, SavedTensorsMeter, tensor_bytes
     from easytune.bench.timing import time_once
-    from easytune.training.objective import resolve_frame_layout
+    from easytune.models.packing import resolve_frame_layout
 
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")

@@ -32,6 +32,16 @@ FRAME_LAYOUTS = ("padded", "packed")
 FRAME_LAYOUTS_AUTO = {"cpu": "packed"}
 
 
+def resolve_frame_layout(frame_layout: str, device: torch.device) -> str:
+    """``padded | packed`` for ``--frame-layout`` (``auto``: ``FRAME_LAYOUTS_AUTO`` of the device type,
+    padded where unmeasured)."""
+    if frame_layout == "auto":
+        return FRAME_LAYOUTS_AUTO.get(device.type, "padded")
+    if frame_layout not in FRAME_LAYOUTS:
+        raise ConfigError(f"--frame-layout must be one of {('auto', *FRAME_LAYOUTS)}, got {frame_layout!r}")
+    return frame_layout
+
+
 class PackedLayout:
     """Where the ``N`` valid tokens of a padded ``[B, T, ...]`` batch sit: ``index`` int64 [N], the flat
     positions ``b * T + j`` in batch order."""

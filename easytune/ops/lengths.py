@@ -3,8 +3,8 @@
 A model passes one lengths tensor (int [B], frames per sample) to all its layers and, in a sampling loop, to
 every step: ``check_range`` reads its values (a host sync for CUDA tensors) the first time only and remembers
 the tensor (by identity and version: an in-place change is seen) as known to lie in the range;
-``host_values`` reads (or knows) the values themselves, e.g. to lay out packed frames. ``mark_checked`` /
-``mark_host`` record what the caller knows already (a batch built from host ints: nothing is ever read).
+``host_values`` reads (or knows) the values themselves, e.g. to lay out packed frames. ``mark_host``
+records what the caller knows already (a batch built from host ints: nothing is ever read).
 ``offset`` derives ``lengths + n`` (a model's extra tokens) and carries the knowledge over, so the derived
 tensor is not read either. Under ``torch.compile`` nothing is read.
 """
@@ -58,12 +58,6 @@ def check_range(lengths: torch.Tensor, low: int, high: int, what: str, name: str
     if lo < low or hi > high:
         raise ConfigError(f"{what}: {name} must lie in [{low}, {high}], got {lengths.tolist()}")
     _remember(lengths, lo, hi, None if known is None else known.values)
-
-
-def mark_checked(lengths: torch.Tensor, low: int, high: int) -> None:
-    """Record that ``lengths`` lies in [low, high], known on the host (e.g. it was built from host ints)."""
-    known = _known(lengths)
-    _remember(lengths, low, high, None if known is None else known.values)
 
 
 def mark_host(lengths: torch.Tensor, values: list[int] | tuple[int, ...]) -> None:

@@ -32,18 +32,6 @@ def set_precision(precision: str) -> None:
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
-def resolve_frame_layout(frame_layout: str, device: torch.device) -> str:
-    """``padded | packed`` for ``--frame-layout`` (``auto``: ``models.packing.FRAME_LAYOUTS_AUTO`` of the
-    device type, padded where unmeasured)."""
-    from easytune.models.packing import FRAME_LAYOUTS, FRAME_LAYOUTS_AUTO
-
-    if frame_layout == "auto":
-        return FRAME_LAYOUTS_AUTO.get(device.type, "padded")
-    if frame_layout not in FRAME_LAYOUTS:
-        raise ConfigError(f"--frame-layout must be one of {('auto', *FRAME_LAYOUTS)}, got {frame_layout!r}")
-    return frame_layout
-
-
 class RewardObjective:
     """The trainer's callables for a loaded generator + reward model: ``denoise``, ``decode``, ``reward`` and
     ``batch`` (captions + frame lengths -> the trainer's batch dict: ``cond``, ``uncond``, ``captions``,
@@ -171,6 +159,7 @@ def build_finetuning(
     would still receive gradients.
     """
     from easytune.models.layers import set_frame_layout, set_gradient_checkpointing
+    from easytune.models.packing import resolve_frame_layout
     from easytune.training.lora import apply_lora
 
     check_number("--lr", lr, low=0.0, low_open=True)
