@@ -75,8 +75,8 @@ class PackedLayout:
 
 class _Scatter(torch.autograd.Function):
     """``x`` [N, ...] into rows ``index`` of zeros [rows, ...]; backward gathers the same rows. Saves only the
-    index (``index_copy`` / ``index_add`` would also keep ``x``; ``index_put`` is 1.8x slower, fwd + bwd,
-    on the CPU)."""
+    index (``index_copy`` / ``index_add`` would also keep ``x``; ``index_put``, which does not, was slower
+    forward + backward on the CPU)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
