@@ -40,6 +40,16 @@ def test_paired_median_is_the_median_of_block_differences():
     assert overhead._paired_ratio(times, "a", "b") == 2.0  # ratios 2, 1.1, 2
 
 
+def test_interleaved_pairs_blocks_and_flips_the_order_every_round():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    times = overhead._interleaved(fns, calls=2, blocks=3, device=torch.device("cpu"))
+    assert {name: len(v) for name, v in times.items()} == {"a": 3, "b": 3}
+    warm_up = 2 * 10
+    assert calls[:warm_up] == ["a"] * 10 + ["b"] * 10
+    assert calls[warm_up:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+
+
 def test_loop_overhead_row():
     row = overhead.loop_overhead("cpu", steps=3, blocks=2)
     assert row["case"] == "loop/tiny/b1/3/cpu"

@@ -37,13 +37,16 @@ LOOP_TARGET = 1.1
 def _interleaved(fns: dict[str, Callable[[], Any]], calls: int, blocks: int, device: torch.device):
     """Per-call seconds of each function, timed in alternating blocks of ``calls`` calls: ``{name: [block
     seconds per call]}`` (block j of every function ran back to back, so paired differences cancel the
-    machine's drift)."""
+    machine's drift). The order flips every round, so that no effect of position (the state the other
+    function leaves in caches and predictors) can lean on one side of the pairs; an A/A check (one function
+    paired with itself) found none above the noise here, the flip keeps it so elsewhere."""
     for fn in fns.values():  # warm-up (dispatch caches, allocator)
         for _ in range(max(10, calls // 10)):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(blocks):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for block in range(blocks):
+        for name, fn in order if block % 2 == 0 else order[::-1]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
@@ -206,7 +209,7 @@ def _tiny_denoiser(device: torch.device, seed: int):
 def loop_overhead(
     device: str | torch.device = "cpu",
     steps: int = 50,
-    blocks: int = 7,
+    blocks: int = 21,
     seed: int = 0,
     compile_mode: str | None = None,
 ) -> dict[str, Any]:

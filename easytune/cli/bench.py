@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
     o.add_argument("--device", default="auto", help=DEVICE_HELP)
     o.add_argument("--calls", type=int, default=1000, help="calls per timed block (per-op rows)")
     o.add_argument("--blocks", type=int, default=15, help="interleaved timed blocks per function")
-    o.add_argument("--loop-blocks", type=int, default=7, help="timed sampling passes per loop")
+    o.add_argument("--loop-blocks", type=int, default=21, help="timed sampling passes per loop")
     o.add_argument("--steps", type=int, default=50, help="DDIM steps of the sampling pass")
     o.add_argument(
         "--compile",

@@ -48,7 +48,8 @@ _data_key = operator.attrgetter("shape", "dtype")
 
 def _per_sample(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] (or scalar) -> [B, 1, ..., 1] broadcastable against ``like``, in ``like``'s dtype."""
-    alpha = torch.as_tensor(alpha, device=like.device).to(like.dtype)
+    if type(alpha) is not _Tensor or alpha.dtype != like.dtype or alpha.device != like.device:
+        alpha = torch.as_tensor(alpha, device=like.device).to(like.dtype)  # else: two no-op calls saved
     if alpha.dim() == 0:
         return alpha
     return alpha.reshape(alpha.shape[0], *([1] * (like.dim() - 1)))
@@ -349,14 +350,15 @@ def guided_step(
     else:
         hit.calls += 1
         fn = hit.fn
+    # positional (every backend takes ``guided_step_ref``'s signature): ~30 ns less than keywords
     return fn(
         model_cond,
         model_uncond,
         sample,
         alpha_prod_t,
         alpha_prod_t_prev,
-        guidance_scale=guidance_scale,
-        prediction_type=prediction_type,
-        eta=eta,
-        noise=noise,
+        guidance_scale,
+        prediction_type,
+        eta,
+        noise,
     )
