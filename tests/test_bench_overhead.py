@@ -4,6 +4,7 @@ benchmarks, not tested): the right backends, finite numbers, and nothing left st
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -54,4 +55,6 @@ def test_loop_overhead_row():
     row = overhead.loop_overhead("cpu", steps=3, blocks=2)
     assert row["case"] == "loop/tiny/b1/3/cpu"
     assert row["easytune_s"] > 0 and row["hand_s"] > 0 and math.isfinite(row["ratio"])
+    assert math.isfinite(row["bare_attention_ratio"])
+    assert sys.modules["easytune.models.layers"].attention is ops.attention  # nothing left bare behind
     assert row["passes"] == (row["ratio"] <= overhead.LOOP_TARGET)

@@ -8,13 +8,16 @@ its per-call seconds (noise on a shared machine only adds time) and ``overhead_u
 blocks of the paired difference (block j of both ran back to back). ``dispatch_us`` times the same pair with
 the backend's function stubbed out: the cost of the Python around the backend without the noise of its work.
 The first is what a caller pays and is larger: on these CPUs Python code interleaved with the backend's
-torch ops runs 2-5x slower than alone (caches and branch predictors shared with the ops; docs/bench.md).
+torch ops runs slower than alone, 1.1-5x depending on the host (caches and branch predictors shared with
+the ops; docs/bench.md).
 
 ``loop_overhead``: a no-grad 50-step guided DDIM sampling pass of the tiny MLD at batch 1 (compute ~0:
 this measures overhead) through ``easytune.diffusion.ddim_sample`` against a minimal hand-written loop over
 the same denoiser with bare ``F.scaled_dot_product_attention`` in its layers and the DDIM update written
 out with Python-float alphas, passes alternating. ``ratio`` = easytune / hand-written, the median over the
-pairs of passes (goal: at most 1.1 eager); the seconds are the fastest pass of each.
+pairs of passes (goal: at most 1.1 eager); the seconds are the fastest pass of each. ``bare_attention_ratio``:
+the easytune pass with bare SDPA in the layers over the hand-written loop (what is left without the
+attention dispatch: the guided step's share).
 """
 
 from __future__ import annotations
@@ -249,7 +252,12 @@ def loop_overhead(
             with _BareAttention():
                 return hand_pass()
 
-        times = _interleaved({"easytune": easytune_pass, "hand": hand}, 1, blocks, device)
+        def easytune_bare_attention():
+            with _BareAttention():
+                return easytune_pass()
+
+        passes = {"easytune": easytune_pass, "hand": hand, "bare_attention": easytune_bare_attention}
+        times = _interleaved(passes, 1, blocks, device)  # easytune and hand adjacent in every round
         t, ratio = _best(times), _paired_ratio(times, "easytune", "hand")
         row: dict[str, Any] = {
             "kind": "overhead",
@@ -259,6 +267,7 @@ def loop_overhead(
             "easytune_s": t["easytune"],
             "hand_s": t["hand"],
             "ratio": ratio,
+            "bare_attention_ratio": _paired_ratio(times, "bare_attention", "hand"),
             "target_ratio": LOOP_TARGET,
             "passes": ratio <= LOOP_TARGET,
             "blocks": blocks,

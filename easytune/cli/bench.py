@@ -259,7 +259,8 @@ def _overhead(args: argparse.Namespace) -> int:
     loop = loop_overhead(args.device, args.steps, args.loop_blocks, compile_mode=args.compile)
     print(
         f"[bench overhead] {args.steps}-step sampling pass: easytune {loop['easytune_s'] * 1e3:.1f} ms, "
-        f"hand-written {loop['hand_s'] * 1e3:.1f} ms, ratio {loop['ratio']:.3f}"
+        f"hand-written {loop['hand_s'] * 1e3:.1f} ms, ratio {loop['ratio']:.3f} "
+        f"({loop['bare_attention_ratio']:.3f} with bare SDPA in the layers)"
         + (f", compiled ratio {loop['compiled_ratio']:.3f}" if "compiled_ratio" in loop else ""),
         file=sys.stderr,
     )
