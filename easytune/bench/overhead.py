@@ -243,20 +243,19 @@ def loop_overhead(
             x = a_prev[i] ** 0.5 * x0 + (1 - a_prev[i]) ** 0.5 * eps
         return x
 
-    with torch.no_grad():
+    def bare_attention(pass_fn):
         with _BareAttention():
-            reference = hand_pass()
+            return pass_fn()
+
+    with torch.no_grad():
+        reference = bare_attention(hand_pass)
         torch.testing.assert_close(easytune_pass(), reference, rtol=1e-4, atol=1e-5)  # the same sampler
-
-        def hand():
-            with _BareAttention():
-                return hand_pass()
-
-        def easytune_bare_attention():
-            with _BareAttention():
-                return easytune_pass()
-
-        passes = {"easytune": easytune_pass, "hand": hand, "bare_attention": easytune_bare_attention}
+        hand = partial(bare_attention, hand_pass)
+        passes = {
+            "easytune": easytune_pass,
+            "hand": hand,
+            "bare_attention": partial(bare_attention, easytune_pass),
+        }
         times = _interleaved(passes, 1, blocks, device)  # easytune and hand adjacent in every round
         t, ratio = _best(times), _paired_ratio(times, "easytune", "hand")
         row: dict[str, Any] = {
